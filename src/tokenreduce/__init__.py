@@ -1,0 +1,13 @@
+"""tokenreduce: token reduction for transformers.
+
+>>> import timm, tokenreduce
+>>> model = timm.create_model("vit_small_patch16_224")
+>>> with tokenreduce.patch(model, "tome:r=13"):
+...     logits = model(images)
+"""
+
+from . import methods
+from .api import Handle, handle_of, patch, unpatch
+
+__version__ = "0.1.0"
+__all__ = ["Handle", "handle_of", "methods", "patch", "unpatch", "__version__"]

@@ -1,0 +1,55 @@
+"""The token context a method sees at a site, and the facts about the model it runs in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from torch import Tensor
+
+from .scorers import attention_received
+from .state import TokenState
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a method may know about the model it is patched into."""
+
+    family: str
+    num_layers: int
+    num_prefix: int  # leading protected tokens: class, distillation, registers
+    has_class_token: bool
+    grid: tuple[int, int] | None  # patch grid (rows, cols), None for sequences
+
+
+@dataclass
+class TokenContext:
+    """Everything a scorer may use at one site, computed lazily so a method pays only for
+    what it reads. ``q`` and ``k`` are (B, H, N, D) after any q/k norm; ``attn_bias`` is the
+    additive logit bias the layer used (log token sizes under proportional attention)."""
+
+    layer: int
+    hidden: Tensor
+    q: Tensor
+    k: Tensor
+    state: TokenState
+    model: ModelInfo
+    scale: float
+    attn_bias: Tensor | None = None
+
+    @property
+    def num_reducible(self) -> int:
+        """Tokens a reduction may touch: all but the protected ones."""
+        return self.state.num_tokens - self.state.num_protected
+
+    @cached_property
+    def key_mean(self) -> Tensor:
+        """Keys averaged over heads (B, N, D): ToMe's similarity metric."""
+        return self.k.mean(dim=1)
+
+    @cached_property
+    def class_attention(self) -> Tensor:
+        """(B, N) attention received from the class token, one attention row per head; for a
+        model without a class token, the mean over all queries (the full map, computed here)."""
+        rows = slice(0, 1) if self.model.has_class_token else None
+        return attention_received(self.q, self.k, rows, self.scale, self.attn_bias)

@@ -1,0 +1,15 @@
+"""Token reduction methods: one small dataclass per named method, registered by name.
+
+>>> from tokenreduce import methods
+>>> methods.available()
+['evit', 'pool', 'random', 'tome', 'topk']
+>>> methods.build("tome:r=13")
+ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
+"""
+
+from . import evit, pool, random, tome, topk  # noqa: F401  (registration)
+from .base import InvalidParameter, Method, available, build, describe, get, parse_spec, register
+
+__all__ = [
+    "InvalidParameter", "Method", "available", "build", "describe", "get", "parse_spec", "register",
+]
