@@ -27,6 +27,9 @@ class Method:
 
     name: ClassVar[str]
     paper: ClassVar[str] = ""
+    #: where the method acts: "tokens" reduces the hidden-state sequence inside the model
+    #: (vision tokens, prefill pruning); other kinds (e.g. "kv_cache") act on side data
+    kind: ClassVar[str] = "tokens"
     #: add log(token size) to attention logits once tokens have been merged
     proportional_attention: ClassVar[bool] = False
     #: the method needs a 2-D patch grid (vision only)
