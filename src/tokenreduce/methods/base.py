@@ -34,6 +34,11 @@ class Method:
     proportional_attention: ClassVar[bool] = False
     #: the method needs a 2-D patch grid (vision only)
     needs_grid: ClassVar[bool] = False
+    #: the parameter that sets how much is removed, its value that removes nothing, and a
+    #: default sweep of values from light to heavy reduction (used by benchmarks and tests)
+    budget_param: ClassVar[str]
+    budget_identity: ClassVar[object]
+    budget_sweep: ClassVar[tuple]
 
     def budget(self, model: ModelInfo) -> Budget:
         raise NotImplementedError

@@ -25,6 +25,9 @@ class Pool(Method):
     """
 
     name = "pool"
+    budget_param = "kernel"
+    budget_identity = 1
+    budget_sweep = (2, 3)
     paper = "baseline"
     needs_grid = True
     kernel: int = 2

@@ -15,6 +15,9 @@ class KeepRatioMethod(Method):
     at each of ``layers`` (0-based block indices; the reduction happens after the block's
     attention, before its MLP)."""
 
+    budget_param = "keep_ratio"
+    budget_identity = 1.0
+    budget_sweep = (0.9, 0.7, 0.5)
     keep_ratio: float = 0.7
     layers: tuple[int, ...] = (3, 6, 9)
 

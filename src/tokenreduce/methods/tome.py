@@ -36,6 +36,9 @@ class ToMe(Method):
     """
 
     name = "tome"
+    budget_param = "r"
+    budget_identity = 0
+    budget_sweep = (4, 8, 13, 16)
     paper = "Bolya et al., ICLR 2023 (arXiv:2210.09461)"
     r: int = 8
     inflect: float = 0.0

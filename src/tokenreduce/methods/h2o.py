@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..core.kv import KVContext
+from .base import check, register
+from .kv_base import KVCacheMethod
+
+
+@register
+@dataclass
+class H2O(KVCacheMethod):
+    """Heavy-Hitter Oracle: keep the entries with the largest accumulated attention, plus the
+    most recent ones.
+
+    Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large
+    Language Models", NeurIPS 2023. https://arxiv.org/abs/2306.14048
+
+    An entry's score is the attention it received from every query of the prompt (causal),
+    summed over queries and averaged over the query heads of each KV head; selection is per
+    KV head. A share ``recent_fraction`` of each budget goes to the most recent tokens (the
+    paper splits the budget evenly). This needs every attention row of the prompt: they are
+    computed at the reduction, a block of queries at a time (O(N^2) compute, O(N) memory per
+    row block), not by switching the model to eager attention.
+
+    Parameters:
+        recent_fraction: share of the budget kept for the most recent tokens, in [0, 1].
+        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+    """
+
+    name = "h2o"
+    paper = "Zhang et al., NeurIPS 2023 (arXiv:2306.14048)"
+    recent_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        f = self.recent_fraction
+        check(self.name, "recent_fraction", f,
+              isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1,
+              "a number in [0, 1]")
+        super().__post_init__()
+
+    def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
+        heavy = ctx.attention(None)
+        recent = self.recent(ctx, (keep.float() * self.recent_fraction).floor().long())
+        return heavy.masked_fill(recent[:, None, :], torch.inf)

@@ -1,0 +1,118 @@
+"""Shared parameters and contract of the key-value cache methods (``kind = "kv_cache"``).
+
+A cache method scores every cached entry of a layer, per KV head, once the prompt has been
+read (end of prefill); the adapter keeps the best-scoring entries and physically shrinks the
+cache tensors. Every KV head of a layer keeps the same number of entries, so the cache stays
+dense. The prompt's own outputs are unchanged: only the tokens generated afterwards attend to
+the reduced cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..core.budgets import Budget
+from ..core.context import ModelInfo
+from ..core.kv import CacheBudget, KVContext
+from .base import InvalidParameter, Method, check
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass
+class KVCacheMethod(Method):
+    """Base of the cache methods.
+
+    Parameters (shared):
+        compression_ratio: fraction of each prompt's cache entries removed, in [0, 1);
+            0 leaves the cache untouched. Ignored when ``cache_budget`` is set.
+        cache_budget: keep at most this many entries per sample and layer (an integer >= 1),
+            whatever the prompt length; None to use ``compression_ratio``.
+    """
+
+    kind: ClassVar[str] = "kv_cache"
+    budget_param: ClassVar[str] = "compression_ratio"
+    budget_identity: ClassVar[object] = 0.0
+    budget_sweep: ClassVar[tuple] = (0.25, 0.5, 0.75)
+
+    compression_ratio: float = 0.5
+    cache_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        r = self.compression_ratio
+        check(self.name, "compression_ratio", r,
+              isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1,
+              "a number in [0, 1)")
+        b = self.cache_budget
+        check(self.name, "cache_budget", b, b is None or (_is_int(b) and b >= 1),
+              "None or an integer >= 1")
+        if b is not None and b < self.num_protected():
+            raise InvalidParameter(
+                f"{self.name}: cache_budget={b} is smaller than the {self.num_protected()} "
+                f"entries this method always keeps ({self.protected_description()}); "
+                f"allowed: cache_budget >= {self.num_protected()}"
+            )
+
+    # -- what the adapter asks ------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """False when the method can never remove anything (the model then runs untouched)."""
+        return self.cache_budget is not None or self.compression_ratio > 0
+
+    def budget(self, model: ModelInfo) -> Budget:
+        return CacheBudget(float(self.compression_ratio), self.cache_budget)
+
+    def layer_keep(self, layer: int, num_layers: int, n: int) -> int:
+        """Entries a layer keeps for a prompt of ``n`` real tokens (uniform over layers)."""
+        return CacheBudget(float(self.compression_ratio), self.cache_budget).keep(layer, n)
+
+    def num_protected(self) -> int:
+        """Entries always kept (sinks, observation window); they count toward the budget."""
+        return 0
+
+    def protected_description(self) -> str:
+        return "none"
+
+    def min_prompt(self) -> int:
+        """Shortest prompt the method accepts (e.g. its observation window)."""
+        return 1
+
+    def check_prompt(self, n: int) -> None:
+        """Fail clearly when a prompt of ``n`` real tokens cannot be reduced by this method."""
+        if n < self.min_prompt():
+            raise InvalidParameter(
+                f"{self.name}: the prompt has {n} tokens, fewer than the {self.min_prompt()} this "
+                f"method needs ({self.protected_description()}); use a longer prompt or smaller "
+                "window parameters"
+            )
+
+    def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
+        """(B, Hkv, N) score of every entry, higher = keep; ``+inf`` forces an entry in.
+        ``keep`` (B,) is how many entries each sample will keep (for budget-relative rules).
+        Padding entries are masked by the adapter."""
+        raise NotImplementedError
+
+    def reduce(self, ctx, n_remove):  # the token-sequence interface does not apply
+        raise TypeError(f"{self.name} is a KV-cache method; patch a decoder language model")
+
+    # -- helpers for subclasses -----------------------------------------------------------
+    @staticmethod
+    def recent(ctx: KVContext, count: Tensor | int) -> Tensor:
+        """(B, N) True for the last ``count`` (per sample) entries of the prompt."""
+        n = ctx.num_entries
+        count = torch.as_tensor(count, device=ctx.keys.device).reshape(-1, 1)
+        return torch.arange(n, device=ctx.keys.device)[None, :] >= n - count
+
+    @staticmethod
+    def per_head(scores: Tensor, ctx: KVContext) -> Tensor:
+        """Broadcast (B, N) scores to every KV head: (B, Hkv, N)."""
+        return scores[:, None, :].expand(-1, ctx.keys.shape[1], -1)
+
+
+__all__ = ["KVCacheMethod"]

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..core.kv import KVContext, pool_scores
+from .base import check, register
+from .kv_base import KVCacheMethod, _is_int
+
+
+@register
+@dataclass
+class SnapKV(KVCacheMethod):
+    """SnapKV: the observation window at the end of the prompt votes for the entries to keep.
+
+    Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation", NeurIPS 2024.
+    https://arxiv.org/abs/2404.14469
+
+    The last ``window_size`` queries (RoPE applied, computed for those rows only) attend to
+    the prompt; the attention each entry receives is summed over the window, averaged over the
+    query heads of each KV head, and smoothed by average pooling over ``kernel_size``
+    neighbours so that whole phrases survive. Selection is per KV head; the window itself is
+    always kept.
+
+    Parameters:
+        window_size: observation window, in tokens (an integer >= 1).
+        kernel_size: pooling width (an odd integer >= 1; 1 disables pooling).
+        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+    """
+
+    name = "snapkv"
+    paper = "Li et al., NeurIPS 2024 (arXiv:2404.14469)"
+    window_size: int = 32
+    kernel_size: int = 5
+
+    def __post_init__(self) -> None:
+        check(self.name, "window_size", self.window_size,
+              _is_int(self.window_size) and self.window_size >= 1, "an integer >= 1")
+        check(self.name, "kernel_size", self.kernel_size,
+              _is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+              "an odd integer >= 1")
+        super().__post_init__()
+
+    def num_protected(self) -> int:
+        return self.window_size
+
+    def protected_description(self) -> str:
+        return f"the observation window, window_size={self.window_size}"
+
+    def min_prompt(self) -> int:
+        return self.window_size
+
+    def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
+        scores = pool_scores(ctx.attention(self.window_size), self.kernel_size)
+        window = self.recent(ctx, self.window_size)
+        return scores.masked_fill(window[:, None, :], torch.inf)
