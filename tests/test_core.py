@@ -1,0 +1,187 @@
+"""Core tensor functions: reductions, scorers, reducers, budgets, token state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenreduce.core import (
+    KeepRatio,
+    PerLayer,
+    Reduction,
+    TokenState,
+    attention_received,
+    bipartite_merge,
+    grid_pool,
+    key_norm,
+    tome_schedule,
+    topk_fuse,
+    topk_prune,
+)
+
+
+def reference_bipartite(x, metric, size, r, class_token, distill_token):
+    """Bipartite soft matching written out plainly from the ToMe paper (Bolya et al. 2023).
+
+    Returns merged tokens, their sizes and the original index of each output token.
+    """
+    t = metric.shape[1]
+    r = min(r, (t - int(class_token) - int(distill_token)) // 2)
+    m = metric / metric.norm(dim=-1, keepdim=True)
+    scores = m[:, ::2] @ m[:, 1::2].transpose(1, 2)
+    if class_token:
+        scores[:, 0, :] = -math.inf
+    if distill_token:
+        scores[:, :, 0] = -math.inf
+    node_max, node_idx = scores.max(dim=-1)
+    order = node_max.argsort(dim=-1, descending=True)
+    src, unm = order[:, :r], order[:, r:]
+    dst = node_idx.gather(1, src)
+    c = x.shape[-1]
+    wx = x * size[..., None]
+    a, b = wx[:, ::2], wx[:, 1::2]
+    b = b.scatter_reduce(1, dst[..., None].expand(-1, -1, c), a.gather(1, src[..., None].expand(-1, -1, c)), "sum")
+    sb = size[:, 1::2].scatter_reduce(1, dst, size[:, ::2].gather(1, src), "sum")
+    out_x = torch.cat([a.gather(1, unm[..., None].expand(-1, -1, c)), b], 1)
+    out_s = torch.cat([size[:, ::2].gather(1, unm), sb], 1)
+    origin = torch.cat([2 * unm, (2 * torch.arange(b.shape[1]) + 1).expand(x.shape[0], -1)], 1)
+    order_out = origin.argsort(1)  # compare in original-index order
+    out_x = out_x.gather(1, order_out[..., None].expand(-1, -1, c)) / out_s.gather(1, order_out)[..., None]
+    return out_x, out_s.gather(1, order_out), origin.gather(1, order_out)
+
+
+@pytest.mark.parametrize("t", [20, 21])
+@pytest.mark.parametrize("r", [0, 1, 4, 9, 1000])
+@pytest.mark.parametrize(("class_token", "distill_token"), [(True, False), (True, True), (False, False)])
+def test_tome_matches_reference_bipartite_soft_matching(t, r, class_token, distill_token):
+    gen = torch.Generator().manual_seed(t * 100 + r)
+    x = torch.randn(3, t, 16, generator=gen)
+    metric = torch.randn(3, t, 8, generator=gen)
+    size = torch.randint(1, 4, (3, t), generator=gen).float()
+    n_prot = int(class_token) + int(distill_token)
+    protected = (torch.arange(t) < n_prot).expand(3, t)
+    red = bipartite_merge(metric, r, protected, size)
+    ref_x, ref_s, ref_origin = reference_bipartite(x, metric, size, r, class_token, distill_token)
+    assert torch.equal(red.anchor, ref_origin)
+    torch.testing.assert_close(red.apply(size, "sum"), ref_s)
+    torch.testing.assert_close(red.apply(x), ref_x, rtol=1e-5, atol=1e-6)
+    assert red.num_out == t - min(r, (t - n_prot) // 2)
+
+
+def test_reduction_modes_and_unmerge():
+    # 5 tokens: 0 kept, 1 and 2 merged into slot 1 (weights 1 and 3), 3 dropped, 4 kept.
+    group = torch.tensor([[0, 1, 1, -1, 4]])
+    weight = torch.tensor([[1.0, 1.0, 3.0, 1.0, 1.0]])
+    red = Reduction.from_groups(group, weight, torch.tensor([[True, True, False, False, True]]))
+    x = torch.tensor([[[1.0], [2.0], [6.0], [9.0], [5.0]]])
+    assert torch.equal(red.apply(x), torch.tensor([[[1.0], [5.0], [5.0]]]))
+    assert torch.equal(red.apply(torch.ones(1, 5), "sum"), torch.tensor([[1.0, 2.0, 1.0]]))
+    assert torch.equal(red.apply(torch.arange(5)[None], "anchor"), torch.tensor([[0, 1, 4]]))
+    back, dropped = red.unmerge(red.apply(x), fill=-1.0)
+    assert torch.equal(back[..., 0], torch.tensor([[1.0, 5.0, 5.0, -1.0, 5.0]]))
+    assert dropped.tolist() == [[False, False, False, True, False]]
+    with pytest.raises(ValueError, match="mode must be"):
+        red.apply(x, "median")
+
+
+def test_token_state_composes_source_map_and_unmerges():
+    state = TokenState.initial(1, 6, num_protected=1)
+    first = topk_prune(torch.tensor([[0.0, 0.9, 0.1, 0.8, 0.7, 0.2]]), 3, state.protected)
+    state = state.apply(first)  # keeps 0, 1, 3, 4
+    assert state.source.tolist() == [[0, 1, -1, 2, 3, -1]]
+    merge = Reduction.from_groups(torch.tensor([[0, 1, 1, 3]]), state.size,
+                                  torch.tensor([[True, True, False, True]]))
+    state = state.apply(merge)  # originals 1 and 3 now share a token
+    assert state.source.tolist() == [[0, 1, -1, 1, 2, -1]]
+    assert state.size.tolist() == [[1.0, 2.0, 1.0]]
+    assert state.position.tolist() == [[0, 1, 4]]
+    values, dropped = state.unmerge(torch.tensor([[[10.0], [20.0], [30.0]]]))
+    assert values[0, :, 0].tolist() == [10.0, 20.0, 0.0, 20.0, 30.0, 0.0]
+    assert dropped.tolist() == [[False, False, True, False, False, True]]
+
+
+def test_topk_fuse_weights_inattentive_tokens_by_score():
+    scores = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.05]])
+    protected = torch.tensor([[True, False, False, False, False]])
+    red = topk_fuse(scores, 1, protected, torch.ones(1, 5))
+    x = torch.tensor([[[0.0], [1.0], [2.0], [4.0], [8.0]]])
+    out = red.apply(x)
+    assert red.anchor.tolist() == [[0, 1, -1]]
+    expected = (0.1 * 2 + 0.05 * 4 + 0.05 * 8) / 0.2
+    torch.testing.assert_close(out[0, :, 0], torch.tensor([0.0, 1.0, expected]))
+    assert red.apply(torch.ones(1, 5), "sum").tolist() == [[1.0, 1.0, 3.0]]
+
+
+def test_grid_pool_averages_cells_and_keeps_prefix():
+    # 1 prefix token + a 4x4 grid, kernel 2 -> 4 cells of 4 patches.
+    position = torch.arange(17)[None]
+    protected = position < 1
+    red = grid_pool(position, (4, 4), 2, protected, torch.ones(1, 17), num_prefix=1)
+    assert red.num_out == 5
+    assert red.anchor.tolist() == [[0, 1, 3, 9, 11]]
+    x = torch.arange(17.0)[None, :, None]
+    # cell (0,0) holds patches 0,1,4,5 -> tokens 1,2,5,6
+    assert red.apply(x)[0, 1, 0].item() == pytest.approx((1 + 2 + 5 + 6) / 4)
+
+
+def test_attention_received_equals_full_softmax_row():
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 7, 4, generator=gen), torch.randn(2, 3, 7, 4, generator=gen)
+    full = ((q @ k.transpose(-2, -1)) * 4**-0.5).softmax(-1)
+    torch.testing.assert_close(attention_received(q, k, slice(0, 1)), full[:, :, 0].mean(1))
+    torch.testing.assert_close(attention_received(q, k, None), full.mean((1, 2)))
+    bias = torch.log(torch.arange(1.0, 8.0))
+    biased = ((q @ k.transpose(-2, -1)) * 4**-0.5 + bias).softmax(-1)
+    torch.testing.assert_close(attention_received(q, k, slice(0, 1), bias=bias),
+                               biased[:, :, 0].mean(1))
+    assert key_norm(k).shape == (2, 7)
+
+
+def test_budgets():
+    assert tome_schedule(12, 13) == (13,) * 12
+    sched = tome_schedule(12, 8, inflect=0.5)
+    assert sched[0] == 4 and sched[-1] == 12 and sched == tuple(sorted(sched))
+    assert KeepRatio(0.7, (3,)).remove(3, 196) == 196 - math.ceil(0.7 * 196)
+    assert KeepRatio(0.7, (3,)).remove(2, 196) == 0
+    assert PerLayer((1, 2)).remove(5, 100) == 0 and PerLayer((1, 50)).remove(1, 10) == 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 40),
+    n_prot=st.integers(0, 3),
+    keep_frac=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+)
+def test_topk_prune_properties(n, n_prot, keep_frac, seed):
+    n_prot = min(n_prot, n - 1)
+    keep = int(keep_frac * (n - n_prot))
+    scores = torch.rand(2, n, generator=torch.Generator().manual_seed(seed))
+    protected = (torch.arange(n) < n_prot).expand(2, n)
+    red = topk_prune(scores, keep, protected)
+    assert red.num_out == n_prot + keep
+    assert bool((red.anchor[:, :n_prot] == torch.arange(n_prot)).all())
+    assert bool((red.anchor.diff(dim=1) > 0).all())  # original order kept
+    # every kept unprotected token scores at least as high as every dropped one
+    kept = torch.zeros(2, n, dtype=torch.bool).scatter_(1, red.anchor, True) & ~protected
+    dropped = ~kept & ~protected
+    for b in range(2):
+        if kept[b].any() and dropped[b].any():
+            assert scores[b][kept[b]].min() >= scores[b][dropped[b]].max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 30), r=st.integers(0, 40), seed=st.integers(0, 10_000))
+def test_bipartite_merge_conserves_size(n, r, seed):
+    gen = torch.Generator().manual_seed(seed)
+    metric = torch.randn(2, n, 4, generator=gen)
+    size = torch.randint(1, 5, (2, n), generator=gen).float()
+    protected = (torch.arange(n) < 1).expand(2, n)
+    red = bipartite_merge(metric, r, protected, size)
+    assert red.num_out == n - min(r, (n - 1) // 2)
+    torch.testing.assert_close(red.apply(size, "sum").sum(1), size.sum(1))
+    assert bool((red.anchor[:, 0] == 0).all())
