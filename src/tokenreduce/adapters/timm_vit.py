@@ -77,7 +77,7 @@ class TimmViTAdapter(Adapter):
         mlp = trace.mlp_tokens if trace else [n0] * self.info.num_layers
         c = m.embed_dim
         flops = n_patches * m.patch_embed.proj.weight[0].numel() * c  # patch embedding
-        for blk, n1, n2 in zip(m.blocks, attn, mlp):
+        for blk, n1, n2 in zip(m.blocks, attn, mlp, strict=True):
             d = blk.attn.attn_dim
             hidden = blk.mlp.fc1.out_features
             flops += n1 * c * 3 * d + 2 * n1 * n1 * d + n1 * d * c  # qkv, QK^T and AV, proj
