@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .adapters import Adapter, Trace, find_adapter
+from .core.context import ModelInfo
 from .core.state import TokenState
 from .methods.base import Method, build
 
@@ -33,6 +34,11 @@ class Handle:
     def state(self) -> TokenState | None:
         """The token state after the last forward (``size``, ``source`` map, positions)."""
         return self._adapter.trace.state
+
+    @property
+    def info(self) -> ModelInfo:
+        """Facts about the patched model: layers, prefix tokens, patch grid."""
+        return self._adapter.info
 
     def gflops(self) -> float:
         """Analytic GFLOPs per sample of the last forward (the unreduced cost before one)."""
