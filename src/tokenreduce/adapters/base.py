@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from ..core.budgets import Budget
-from ..core.context import ModelInfo
+from ..core.context import ModelInfo, TokenContext
 from ..core.state import TokenState
 from ..methods.base import Method
 
@@ -53,6 +54,41 @@ class Adapter:
 
     def unpatch(self) -> None:
         raise NotImplementedError
+
+    # -- the shared site logic of token-sequence adapters ---------------------------------
+    def begin(self, layer: int, x: torch.Tensor) -> TokenState:
+        """Called by every block before attention; the first block starts a new trace."""
+        if layer == 0:
+            b, n = x.shape[:2]
+            self.trace.state = TokenState.initial(b, n, self.info.num_prefix, x.device)
+            self.trace.attn_tokens.clear()
+            self.trace.mlp_tokens.clear()
+        self.trace.attn_tokens.append(x.shape[1])
+        return self.trace.state
+
+    def size_bias(self, state: TokenState, dtype: torch.dtype) -> torch.Tensor | None:
+        """Proportional attention's additive logit bias log(size), (B, 1, 1, N), once merged."""
+        if state.merged and self.method.uses_proportional_attention():
+            return state.size.log().to(dtype)[:, None, None, :]
+        return None
+
+    def reduce(
+        self, layer: int, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The site after attention: score, reduce, apply to x and the token state.
+
+        ``q`` and ``k`` are (B, H, N, D) as the layer used them. Returns the reduced ``x``.
+        """
+        state = self.trace.state
+        n_remove = self.budget.remove(layer, x.shape[1] - state.num_protected)
+        if n_remove > 0:
+            ctx = TokenContext(layer, x, q, k, state, self.info, scale, bias)
+            red = self.method.reduce(ctx, n_remove)
+            x = red.apply(x)
+            self.trace.state = state.apply(red)
+        self.trace.mlp_tokens.append(x.shape[1])
+        return x
 
     def gflops(self, trace: Trace | None = None) -> float:
         """Analytic GFLOPs per sample (multiply-adds, the fvcore convention) of the last

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.context import ModelInfo, TokenContext
-from ..core.state import TokenState
+from ..core.context import ModelInfo
 from .base import Adapter, Trace
 
 
@@ -89,28 +88,19 @@ class TimmViTAdapter(Adapter):
 
 
 def _make_block_forward(adapter: TimmViTAdapter, layer: int):
-    info, method, budget, trace = adapter.info, adapter.method, adapter.budget, adapter.trace
-    prop_attn = method.uses_proportional_attention()
-
     def forward(blk, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise ValueError("tokenreduce: attn_mask / is_causal are not supported on a patched ViT")
+        state = adapter.begin(layer, x)
         b, n, _ = x.shape
-        if layer == 0:  # a new forward pass starts
-            trace.state = TokenState.initial(b, n, info.num_prefix, x.device)
-            trace.attn_tokens.clear()
-            trace.mlp_tokens.clear()
-        state = trace.state
         attn = blk.attn
-        # --- attention, exactly as timm's Attention.forward, plus an optional size bias ---
+        # Attention exactly as timm's Attention.forward, plus proportional attention's bias.
         y = blk.norm1(x)
         gate = attn.gate(y).sigmoid() if attn.gate is not None else None
         qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        bias = None
-        if prop_attn and state.merged:
-            bias = state.size.log().to(q.dtype)[:, None, None, :]
+        bias = adapter.size_bias(state, q.dtype)
         if attn.fused_attn:
             o = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=attn.attn_drop.p if attn.training else 0.0
@@ -124,15 +114,7 @@ def _make_block_forward(adapter: TimmViTAdapter, layer: int):
         if gate is not None:
             o = o * gate
         x = x + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(o))))
-        trace.attn_tokens.append(n)
-        # --- the site: score, reduce, apply to the hidden states and the token state ---
-        n_remove = budget.remove(layer, n - state.num_protected)
-        if n_remove > 0:
-            ctx = TokenContext(layer, x, q, k, state, info, attn.scale, bias)
-            red = method.reduce(ctx, n_remove)
-            x = red.apply(x)
-            trace.state = state.apply(red)
-        trace.mlp_tokens.append(x.shape[1])
+        x = adapter.reduce(layer, x, q, k, attn.scale, bias)
         return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
     return forward
