@@ -1,0 +1,180 @@
+"""Which configurations a sweep measures: methods, budgets and their default sweeps.
+
+A configuration is a canonical method spec (``tokenreduce.methods.describe``), so
+``tome:r=8`` and ``tome:r=8,inflect=0.0`` are the same configuration; the unreduced model is
+the configuration ``baseline``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+from .. import methods
+
+BASELINE = "baseline"
+
+
+class ConfigError(ValueError):
+    """A method name or budget spec given on the command line is not usable."""
+
+
+def _layers(depth: int, fractions: Sequence[float]) -> list[int]:
+    """Block indices at fixed fractions of the depth: (3, 6, 9) for 12 blocks at 1/4, 2/4, 3/4."""
+    return sorted({min(depth - 1, max(0, int(depth * f))) for f in fractions})
+
+
+def default_sweep(name: str, depth: int, quick: bool = False) -> list[str]:
+    """The default budgets of one method on a model with ``depth`` blocks.
+
+    Keep-ratio methods reduce at 1/4, 1/2 and 3/4 of the depth (the EViT paper's (3, 6, 9) on
+    12 blocks); ``quick`` keeps one mid-range budget per method. A method without a listed
+    sweep runs once with its own defaults.
+    """
+    quarters = _layers(depth, (0.25, 0.5, 0.75))
+    sweeps: dict[str, tuple[list[str], str]] = {
+        "tome": (["r=8", "r=12", "r=16"], "r=12"),
+        "evit": (
+            [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5, 0.4)],
+            f"keep_ratio=0.5,layers={quarters}",
+        ),
+        "topk": (
+            [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5, 0.4)],
+            f"keep_ratio=0.5,layers={quarters}",
+        ),
+        "random": (
+            [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5)],
+            f"keep_ratio=0.5,layers={quarters}",
+        ),
+        "pool": (
+            [f"kernel=2,layers={_layers(depth, (f,))}" for f in (1 / 3, 1 / 6)],
+            f"kernel=2,layers={_layers(depth, (1 / 3,))}",
+        ),
+    }
+    if name not in sweeps:
+        return [name]
+    full, one = sweeps[name]
+    return [f"{name}:{p}".replace(" ", "") for p in ([one] if quick else full)]
+
+
+def token_methods() -> list[str]:
+    """Registered methods that reduce the hidden-state sequence (kind ``"tokens"``)."""
+    return [n for n in methods.available() if methods.get(n).kind == "tokens"]
+
+
+def split_specs(values: Iterable[str]) -> list[str]:
+    """Split budget arguments into specs at whitespace or ``;`` outside brackets, so that
+    ``"tome:r=8 evit:keep_ratio=0.5,layers=[2, 5]"`` gives two specs."""
+    specs: list[str] = []
+    for text in values:
+        depth, cur = 0, ""
+        for ch in text:
+            depth += ch in "([{"
+            depth -= ch in ")]}"
+            if depth == 0 and (ch.isspace() or ch == ";"):
+                if cur:
+                    specs.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        if cur:
+            specs.append(cur)
+    return specs
+
+
+def canonical(spec: str) -> str:
+    """The canonical form of a method spec; raises :class:`ConfigError` when it is invalid."""
+    try:
+        return methods.describe(methods.build(spec))
+    except (ValueError, TypeError) as err:  # unknown method, unknown or invalid parameter
+        raise ConfigError(f"invalid budget {spec!r}: {err}") from None
+
+
+def _parse_method_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--methods is empty; give a comma-separated list of method names")
+    return names
+
+
+def resolve(
+    method_names: str | None,
+    budgets: Iterable[str] = (),
+    depth: int = 12,
+    quick: bool = False,
+) -> list[str]:
+    """The configurations of a sweep, baseline first, duplicates removed.
+
+    Args:
+        method_names: comma-separated method names, or None for every registered method of
+            kind ``"tokens"`` (or, when ``budgets`` are given, the methods they name).
+        budgets: explicit specs (``tome:r=8``); a method named here runs exactly these
+            budgets instead of its default sweep.
+        depth: number of blocks of the model (default sweeps place layers by depth).
+        quick: one budget per method for methods without explicit budgets.
+    """
+    explicit: dict[str, list[str]] = {}
+    for spec in split_specs(budgets):
+        name = methods.parse_spec(spec)[0]
+        explicit.setdefault(name, []).append(canonical(spec))
+    names = _parse_method_names(method_names)
+    if names is None:
+        names = list(explicit) if explicit else token_methods()
+    allowed = token_methods()
+    for name in [*names, *explicit]:
+        if name not in methods.available():
+            raise ConfigError(
+                f"unknown method {name!r}; available: {', '.join(methods.available())}"
+            )
+        if name not in allowed:
+            raise ConfigError(
+                f"method {name!r} is of kind {methods.get(name).kind!r}; this benchmark runs "
+                f"vision token methods: {', '.join(allowed)}"
+            )
+    missing = sorted(set(explicit) - set(names))
+    if missing:
+        raise ConfigError(
+            f"--budgets names {', '.join(missing)} but --methods does not include "
+            f"{'it' if len(missing) == 1 else 'them'}"
+        )
+    configs = [BASELINE]
+    for name in names:
+        specs = explicit.get(name) or [canonical(s) for s in default_sweep(name, depth, quick)]
+        for spec in specs:
+            if spec not in configs:
+                configs.append(spec)
+    return configs
+
+
+def label(config: str) -> str:
+    """A short label: the method name, its first (budget) parameter, and the other parameters
+    that differ from the method's defaults."""
+    if config == BASELINE:
+        return BASELINE
+    try:
+        method = methods.build(config)
+        default = type(method)()
+    except (ValueError, TypeError):  # a stored spec of a method this version lacks
+        return config
+    fields = [f for f in dataclasses.fields(method) if f.init]
+    changed = [
+        f"{f.name}={getattr(method, f.name)!r}".replace(" ", "")
+        for i, f in enumerate(fields)
+        if i == 0 or getattr(method, f.name) != getattr(default, f.name)
+    ]
+    return f"{method.name}:{','.join(changed)}" if changed else method.name
+
+
+def budget_label(config: str) -> str:
+    """Just the budget: the method name and its first parameter (``tome:r=8``)."""
+    full = label(config)
+    name, _, params = full.partition(":")
+    first = params.split(",", 1)[0] if params and "=" in params.split(",", 1)[0] else params
+    return f"{name}:{first}" if first else name
+
+
+def method_of(config: str) -> str:
+    """The method name of a configuration (``baseline`` for the unreduced model)."""
+    return BASELINE if config == BASELINE else config.partition(":")[0]

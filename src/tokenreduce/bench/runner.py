@@ -1,0 +1,127 @@
+"""The sweep: measure every configuration of one model on one task into the store.
+
+Resume is the default: a configuration whose key (task, model, data, setting, config) is
+already stored is skipped, so an interrupted sweep picks up where it stopped. Each result
+is committed with its pictures as soon as it is measured. ``fresh`` re-measures everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+import tokenreduce
+
+from . import metrics
+from .configs import BASELINE, ConfigError, method_of
+from .store import Key, Result, Store
+from .tasks import Task
+
+
+class Listener(Protocol):
+    """Receives progress events (the CLI draws a progress bar from them)."""
+
+    def sweep_start(self, todo: list[str], skipped: list[str]) -> None: ...
+    def config_start(self, config: str, steps: int) -> None: ...
+    def config_step(self, done: int, total: int) -> None: ...
+    def config_done(self, config: str, result: Result) -> None: ...
+
+
+@dataclass
+class Sweep:
+    """What a sweep did: its run id, the configurations measured now and those skipped."""
+
+    run_id: str
+    group: tuple[str, str, str, str]
+    measured: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    status: str = "running"
+
+
+def setting_json(task: Task) -> str:
+    import json
+
+    return json.dumps(task.setting, sort_keys=True, separators=(",", ":"))
+
+
+def check_configs(model: nn.Module, configs: list[str]) -> None:
+    """Patch and unpatch every configuration once, so that a parameter that does not fit
+    the model (a layer index past its depth) fails before anything is measured."""
+    for config in configs:
+        if config == BASELINE:
+            continue
+        try:
+            tokenreduce.patch(model, config).remove()
+        except ValueError as err:
+            raise ConfigError(f"{config}: {err}") from None
+
+
+def run_sweep(
+    store: Store,
+    task: Task,
+    model: nn.Module,
+    model_key: str,
+    configs: list[str],
+    *,
+    threads: int,
+    fresh: bool = False,
+    pictures: bool = True,
+    command: str = "bench",
+    options: dict[str, Any] | None = None,
+    listener: Listener | None = None,
+) -> Sweep:
+    """Measure ``configs`` (the baseline is always measured or taken from the store first).
+
+    The run is recorded as ``finished``, ``interrupted`` (Ctrl-C) or ``failed``; finished
+    configurations stay stored in every case.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    task.check_model(model)
+    if BASELINE not in configs:
+        configs = [BASELINE, *configs]
+    else:  # the baseline goes first: every other row is compared to it
+        configs = [BASELINE, *(c for c in configs if c != BASELINE)]
+    check_configs(model, configs)
+    setting = setting_json(task)
+
+    def key(config: str) -> Key:
+        return Key(task.name, model_key, task.data_id, setting, config)
+
+    skipped = [] if fresh else [c for c in configs if store.find(key(c)) is not None]
+    todo = [c for c in configs if c not in skipped]
+    run_id = store.start_run(command, options or {}, metrics.environment(torch.get_num_threads()))
+    sweep = Sweep(run_id, key(BASELINE).group(), skipped=skipped)
+    if listener:
+        listener.sweep_start(todo, skipped)
+    try:
+        stored = store.find(key(BASELINE))
+        baseline = None if BASELINE in todo or stored is None else stored.metrics
+        for config in todo:
+            if listener:
+                listener.config_start(config, task.steps(config))
+            values = task.measure(
+                model, config, baseline, listener.config_step if listener else None
+            )
+            images = task.pictures(model, config) if pictures else {}
+            store.add_result(run_id, key(config), method_of(config), values, images)
+            if config == BASELINE:
+                baseline = values
+            sweep.measured.append(config)
+            if listener:
+                listener.config_done(config, store.find(key(config)))
+    except KeyboardInterrupt:
+        sweep.status = "interrupted"
+        store.finish_run(run_id, sweep.status)
+        raise
+    except BaseException:
+        sweep.status = "failed"
+        store.finish_run(run_id, sweep.status)
+        raise
+    sweep.status = "finished"
+    store.finish_run(run_id, sweep.status)
+    return sweep

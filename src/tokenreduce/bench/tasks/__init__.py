@@ -1,0 +1,115 @@
+"""Benchmark tasks: what is measured on a model for one configuration.
+
+A task has a name, a data identity and a measurement setting (together with the model and
+the configuration they form the store's key), and turns a configuration into a dict of
+metrics. It declares the columns a table shows, the Pareto plots a report draws, and may
+produce pictures. The runner, the store and the report know nothing more about a task, so a
+new task (a language-model retrieval test, feature fidelity on another backbone) is a new
+module here writing to the same store and the same report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+#: called with (steps done, steps total) while a configuration is measured
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A metric as tables show it: ``key`` in the metrics dict, a header, a format spec."""
+
+    key: str
+    header: str
+    fmt: str = ".3f"
+    higher_is_better: bool | None = None
+
+    def format(self, value: Any) -> str:
+        if value is None:
+            return "-"
+        try:
+            return format(value, self.fmt)
+        except (TypeError, ValueError):
+            return str(value)
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A Pareto plot: metric ``y`` against metric ``x``, one curve per method."""
+
+    x: str
+    y: str
+    x_label: str
+    y_label: str
+    x_higher_is_better: bool = True
+
+
+class Task:
+    """Base class of benchmark tasks."""
+
+    name: ClassVar[str]
+    columns: ClassVar[tuple[Column, ...]] = ()
+    plots: ClassVar[tuple[Plot, ...]] = ()
+
+    @property
+    def data_id(self) -> str:
+        """Data set, split, size and a content hash."""
+        raise NotImplementedError
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        """Measurement settings that change the numbers (batch size, threads)."""
+        raise NotImplementedError
+
+    def steps(self, config: str) -> int:
+        """Progress steps :meth:`measure` reports for ``config``."""
+        return 1
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``ValueError`` when the model does not fit the task (e.g. its classes)."""
+
+    def measure(
+        self,
+        model: nn.Module,
+        config: str,
+        baseline: dict[str, Any] | None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Metrics of ``config`` (``"baseline"`` for the unreduced model); ``baseline`` holds
+        the baseline's metrics once measured."""
+        raise NotImplementedError
+
+    def pictures(self, model: nn.Module, config: str) -> dict[str, bytes]:
+        """Named PNG pictures of ``config`` for the report (none by default)."""
+        return {}
+
+    @classmethod
+    def summary(cls, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Plain-text findings about stored ``(config, metrics)`` rows (none by default)."""
+        return []
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task known to reports by its name."""
+    if cls.name in TASKS:
+        raise ValueError(f"a task named {cls.name!r} is already registered")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def task_class(name: str) -> type[Task] | None:
+    """The registered task called ``name``, or None (a report then shows raw metrics)."""
+    return TASKS.get(name)
+
+
+from . import classification  # noqa: E402,F401  (registration)
+
+__all__ = ["TASKS", "Column", "Plot", "Progress", "Task", "register", "task_class"]

@@ -1,0 +1,260 @@
+"""Image classification: top-1, analytic GFLOPs, throughput, speedup and peak memory.
+
+For every configuration the whole evaluation set is classified in batches (top-1 in
+percent, GFLOPs per image averaged over the set from the patched model's own trace), then
+the first batch is timed against the unreduced model, interleaved, in the same process
+(throughput in images per second, speedup as the ratio of median batch times), and one
+forward of that batch is watched for peak tensor memory (see
+:class:`tokenreduce.bench.metrics.PeakTensorMemory`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+from typing import Any
+
+import torch
+from torch import nn
+
+import tokenreduce
+
+from ..configs import BASELINE
+from ..metrics import median, paired_times, peak_memory_mb, time_call
+from . import Column, Plot, Progress, Task, register
+
+
+@register
+class ImageClassification(Task):
+    """Top-1 accuracy and cost of an image classifier on a labelled set of uint8 images.
+
+    Args:
+        images: uint8 images (N, H, W) or (N, C, H, W), turned into model inputs by
+            ``tokenreduce.data.preprocess`` (the model's ``pretrained_cfg``).
+        labels: int64 labels (N,).
+        data_name: what the images are (``fashion-mnist:test``); the data id adds the count
+            and a content hash.
+        num_classes: number of classes the model must predict.
+        batch_size, repeats, warmup: evaluation batch size (also the timed batch) and the
+            timed repeats and untimed warm-up calls per side.
+        threads: the torch thread count the numbers were measured with (recorded).
+        picture_indices: images drawn as token maps for the report.
+    """
+
+    name = "classification"
+    columns = (
+        Column("top1", "top-1 %", ".2f", True),
+        Column("top1_delta", "Δ top-1", "+.2f", True),
+        Column("gflops", "GFLOPs", ".3g", False),
+        Column("flop_ratio", "FLOP ×", ".2f", True),
+        Column("throughput", "img/s", ".0f", True),
+        Column("speedup", "speedup ×", ".2f", True),
+        Column("speedup_per_flop", "speedup / FLOP ×", ".2f", True),
+        Column("peak_mem_mb", "peak MiB", ".1f", False),
+        Column("mean_tokens", "mean tokens", ".1f", False),
+    )
+    plots = (
+        Plot("throughput", "top1", "throughput (images/s)", "top-1 (%)"),
+        Plot("gflops", "top1", "GFLOPs per image", "top-1 (%)", x_higher_is_better=False),
+    )
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        data_name: str,
+        *,
+        num_classes: int,
+        batch_size: int = 64,
+        threads: int = 1,
+        repeats: int = 10,
+        warmup: int = 2,
+        picture_indices: tuple[int, ...] = (),
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+            raise ValueError(
+                f"images must be uint8 (N, H, W) or (N, C, H, W), got "
+                f"{images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        if len(images) == 0:
+            raise ValueError("no images to evaluate")
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("repeats", repeats, 1),
+            ("warmup", warmup, 0),
+            ("threads", threads, 1),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.images, self.labels = images, labels.long()
+        self.data_name, self.num_classes = data_name, num_classes
+        self.batch_size, self.threads = batch_size, threads
+        self.repeats, self.warmup = repeats, warmup
+        self.picture_indices = tuple(i for i in picture_indices if 0 <= i < len(images))
+        digest = hashlib.sha256(images.contiguous().numpy().tobytes())
+        digest.update(labels.contiguous().numpy().tobytes())
+        self._data_id = f"{data_name}[{len(images)}]#{digest.hexdigest()[:12]}"
+
+    @property
+    def data_id(self) -> str:
+        return self._data_id
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "threads": self.threads}
+
+    def _batches(self) -> range:
+        return range(0, len(self.images), self.batch_size)
+
+    def steps(self, config: str) -> int:
+        return len(self._batches()) + 2  # evaluation batches, timing, memory
+
+    def _inputs(self, model: nn.Module, start: int, stop: int) -> torch.Tensor:
+        from ...data import preprocess
+
+        return preprocess(self.images[start:stop], model)
+
+    def check_model(self, model: nn.Module) -> None:
+        try:
+            with torch.inference_mode():
+                out = model(self._inputs(model, 0, 1))
+        except Exception as err:  # any failure here means the model does not fit the data
+            raise ValueError(
+                f"the model cannot classify {self.data_name} images "
+                f"({type(err).__name__}: {err}); check its pretrained_cfg input_size"
+            ) from None
+        if out.dim() != 2 or out.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"the model outputs {tuple(out.shape[1:])} logits per image but "
+                f"{self.data_name} has {self.num_classes} classes; use a model trained on it"
+            )
+
+    def measure(
+        self,
+        model: nn.Module,
+        config: str,
+        baseline: dict[str, Any] | None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        total, done = self.steps(config), 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        if config == BASELINE:
+            reduced, handle = model, None
+            base_gflops, base_tokens = _unreduced_cost(model, self._inputs(model, 0, 1))
+        else:
+            # A patched copy lets the timing alternate between the two models without
+            # patching and unpatching inside the timed region.
+            reduced = copy.deepcopy(model)
+            handle = tokenreduce.patch(reduced, config)
+            base_gflops, base_tokens = handle.baseline_gflops(), 0.0
+        try:
+            correct, gflops_sum, tokens_sum = 0, 0.0, 0.0
+            with torch.inference_mode():
+                for start in self._batches():
+                    stop = min(start + self.batch_size, len(self.images))
+                    logits = reduced(self._inputs(model, start, stop))
+                    correct += int((logits.argmax(-1) == self.labels[start:stop]).sum())
+                    if handle is None:
+                        gflops_sum += base_gflops * (stop - start)
+                        tokens_sum += base_tokens * (stop - start)
+                    else:
+                        gflops_sum += handle.gflops() * (stop - start)
+                        tokens = handle.trace.attn_tokens
+                        tokens_sum += sum(tokens) / len(tokens) * (stop - start)
+                    step()
+                x = self._inputs(model, 0, min(self.batch_size, len(self.images)))
+                if config == BASELINE:
+                    for _ in range(self.warmup):
+                        model(x)
+                    t_base = [time_call(lambda: model(x)) for _ in range(self.repeats)]
+                    t_red = t_base
+                else:
+                    t_base, t_red = paired_times(
+                        lambda: model(x), lambda: reduced(x), self.repeats, self.warmup
+                    )
+                step()
+                peak = peak_memory_mb(lambda: reduced(x))
+                step()
+        finally:
+            if handle is not None:
+                handle.remove()
+        n = len(self.images)
+        top1 = 100.0 * correct / n
+        gflops = gflops_sum / n
+        base_top1 = top1 if baseline is None else baseline["top1"]
+        base_peak = peak if baseline is None else baseline["peak_mem_mb"]
+        flop_ratio = base_gflops / gflops if gflops > 0 else None
+        speedup = median(t_base) / median(t_red)
+        return {
+            "top1": top1,
+            "top1_delta": top1 - base_top1,
+            "correct": correct,
+            "images": n,
+            "gflops": gflops,
+            "baseline_gflops": base_gflops,
+            "flop_ratio": flop_ratio,
+            "throughput": len(x) / median(t_red),
+            "baseline_throughput": len(x) / median(t_base),
+            "speedup": speedup,
+            "speedup_per_flop": speedup / flop_ratio if flop_ratio else None,
+            "batch_ms": 1000 * median(t_red),
+            "batch_ms_all": [1000 * t for t in t_red],
+            "baseline_batch_ms_all": [1000 * t for t in t_base],
+            "peak_mem_mb": peak,
+            "mem_ratio": peak / base_peak if base_peak else None,
+            "mean_tokens": tokens_sum / n,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+        }
+
+    @classmethod
+    def summary(cls, rows: list[tuple[str, dict[str, Any]]], max_drop: float = 0.5) -> list[str]:
+        """The fastest configuration within ``max_drop`` top-1 points of the baseline."""
+        from ..configs import label
+
+        ok = [(c, m) for c, m in rows if c != BASELINE and m.get("top1_delta", -1e9) >= -max_drop]
+        if not ok:
+            return [f"no configuration stays within {max_drop} top-1 points of the baseline"]
+        config, m = max(ok, key=lambda cm: cm[1]["speedup"])
+        return [
+            f"fastest within {max_drop} top-1 points of the baseline: {label(config)}: "
+            f"{m['speedup']:.2f}x throughput, top-1 {m['top1']:.2f}% ({m['top1_delta']:+.2f}), "
+            f"{m['flop_ratio']:.2f}x fewer FLOPs, speedup / FLOP ratio "
+            f"{m['speedup_per_flop']:.2f}"
+        ]
+
+    def pictures(self, model: nn.Module, config: str) -> dict[str, bytes]:
+        """Token maps of the picture images (the plain input for the baseline)."""
+        from ... import viz
+
+        out = {}
+        for i in self.picture_indices:
+            x = self._inputs(model, i, i + 1)[0]
+            if config == BASELINE:
+                from PIL import Image
+
+                img = Image.fromarray(viz.to_rgb_array(x))
+            else:
+                img = viz.visualize(model, x, config)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            out[f"image-{i}"] = buf.getvalue()
+        return out
+
+
+def _unreduced_cost(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """GFLOPs per image and mean tokens per block of the unreduced model (a zero-budget
+    patch, used only to read the analytic cost and the token counts)."""
+    with tokenreduce.patch(model, "tome:r=0") as handle, torch.inference_mode():
+        model(x)
+        tokens = handle.trace.attn_tokens
+        return handle.baseline_gflops(), sum(tokens) / len(tokens)
