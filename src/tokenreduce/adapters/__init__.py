@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter, Trace
+from .hf_decoder import HFDecoderAdapter
 from .timm_vit import TimmViTAdapter
 
-ADAPTERS: list[type[Adapter]] = [TimmViTAdapter]
+ADAPTERS: list[type[Adapter]] = [TimmViTAdapter, HFDecoderAdapter]
 
 
 def find_adapter(model: nn.Module) -> type[Adapter]:

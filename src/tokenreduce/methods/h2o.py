@@ -37,9 +37,13 @@ class H2O(KVCacheMethod):
 
     def __post_init__(self) -> None:
         f = self.recent_fraction
-        check(self.name, "recent_fraction", f,
-              isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1,
-              "a number in [0, 1]")
+        check(
+            self.name,
+            "recent_fraction",
+            f,
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1,
+            "a number in [0, 1]",
+        )
         super().__post_init__()
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:

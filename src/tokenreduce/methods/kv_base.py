@@ -46,12 +46,21 @@ class KVCacheMethod(Method):
 
     def __post_init__(self) -> None:
         r = self.compression_ratio
-        check(self.name, "compression_ratio", r,
-              isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1,
-              "a number in [0, 1)")
+        check(
+            self.name,
+            "compression_ratio",
+            r,
+            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1,
+            "a number in [0, 1)",
+        )
         b = self.cache_budget
-        check(self.name, "cache_budget", b, b is None or (_is_int(b) and b >= 1),
-              "None or an integer >= 1")
+        check(
+            self.name,
+            "cache_budget",
+            b,
+            b is None or (_is_int(b) and b >= 1),
+            "None or an integer >= 1",
+        )
         if b is not None and b < self.num_protected():
             raise InvalidParameter(
                 f"{self.name}: cache_budget={b} is smaller than the {self.num_protected()} "

@@ -30,12 +30,29 @@ class KVRandom(KVCacheMethod):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(self.name, "seed", self.seed, _is_int(self.seed) and self.seed >= 0,
-              "an integer >= 0")
+        check(
+            self.name, "seed", self.seed, _is_int(self.seed) and self.seed >= 0, "an integer >= 0"
+        )
         super().__post_init__()
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
-        b, h, n, _ = ctx.keys.shape
-        draw = random_scores(h * n, self.seed * 1000 + ctx.layer, ctx.keys.device).view(h, n)
+        h = ctx.keys.shape[1]
         pos = ctx.position.clamp_min(0)  # padding is masked by the adapter
-        return torch.stack([draw[i][pos] for i in range(h)], dim=1)
+        # Fixed-size blocks seeded by (seed, layer, head, block): a token's draw depends on
+        # its position only, never on how long the padded batch is.
+        blocks = int(pos.max()) // _BLOCK + 1
+        table = torch.stack(
+            [
+                torch.cat(
+                    [
+                        random_scores(_BLOCK, hash((self.seed, ctx.layer, head, j)) % 2**62)
+                        for j in range(blocks)
+                    ]
+                )
+                for head in range(h)
+            ]
+        ).to(ctx.keys.device)
+        return torch.stack([table[head][pos] for head in range(h)], dim=1)
+
+
+_BLOCK = 4096

@@ -31,9 +31,15 @@ class PyramidKV(SnapKV):
     beta: float = 20.0
 
     def __post_init__(self) -> None:
-        check(self.name, "beta", self.beta,
-              isinstance(self.beta, (int, float)) and not isinstance(self.beta, bool)
-              and self.beta >= 1, "a number >= 1")
+        check(
+            self.name,
+            "beta",
+            self.beta,
+            isinstance(self.beta, (int, float))
+            and not isinstance(self.beta, bool)
+            and self.beta >= 1,
+            "a number >= 1",
+        )
         super().__post_init__()
 
     def layer_keep(self, layer: int, num_layers: int, n: int) -> int:

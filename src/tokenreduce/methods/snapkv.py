@@ -36,11 +36,20 @@ class SnapKV(KVCacheMethod):
     kernel_size: int = 5
 
     def __post_init__(self) -> None:
-        check(self.name, "window_size", self.window_size,
-              _is_int(self.window_size) and self.window_size >= 1, "an integer >= 1")
-        check(self.name, "kernel_size", self.kernel_size,
-              _is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
-              "an odd integer >= 1")
+        check(
+            self.name,
+            "window_size",
+            self.window_size,
+            _is_int(self.window_size) and self.window_size >= 1,
+            "an integer >= 1",
+        )
+        check(
+            self.name,
+            "kernel_size",
+            self.kernel_size,
+            _is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+            "an odd integer >= 1",
+        )
         super().__post_init__()
 
     def num_protected(self) -> int:

@@ -32,8 +32,13 @@ class StreamingLLM(KVCacheMethod):
     n_sink: int = 4
 
     def __post_init__(self) -> None:
-        check(self.name, "n_sink", self.n_sink, _is_int(self.n_sink) and self.n_sink >= 0,
-              "an integer >= 0")
+        check(
+            self.name,
+            "n_sink",
+            self.n_sink,
+            _is_int(self.n_sink) and self.n_sink >= 0,
+            "an integer >= 0",
+        )
         super().__post_init__()
 
     def num_protected(self) -> int:

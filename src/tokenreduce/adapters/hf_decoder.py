@@ -1,0 +1,380 @@
+"""Adapter for Hugging Face decoder language models (Llama, Mistral, Qwen2, Qwen3, Gemma-3):
+key-value cache reduction at the end of prefill.
+
+Each attention module's ``forward`` is wrapped on the instance (never on the class). The
+wrapper calls the model's own forward, so the fast attention path (SDPA) stays on. When a
+layer's cache is filled by a prompt (prefill), the wrapper scores the cached entries with the
+method, keeps the best ``M`` per KV head and replaces the cache layer's ``keys``/``values`` by
+the smaller tensors. Attention rows a method asks for (an observation window, the last query)
+are computed there, for those rows only, from the layer's input with RoPE applied.
+
+After a reduction the cache no longer lines up with the token sequence, so the adapter keeps,
+per reduced layer, each entry's time step (its index in the fed sequence, padding included)
+and a validity flag (False for padding and for the filler slots of a shorter prompt in a
+batch), and builds that layer's attention mask itself: causal by time step, and limited to the
+window on sliding-window layers. Position ids keep counting from the original prompt length:
+``generate`` tracks them itself, and a plain forward without ``position_ids`` gets them from
+the adapter. Batches must be left-padded.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..core.context import ModelInfo
+from ..core.kv import KVContext, gather_entries, keep_per_head
+from ..methods.base import InvalidParameter, Method
+from .base import Adapter, Trace
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text")
+_CLASSES = (
+    "LlamaForCausalLM",
+    "LlamaModel",
+    "MistralForCausalLM",
+    "MistralModel",
+    "Qwen2ForCausalLM",
+    "Qwen2Model",
+    "Qwen3ForCausalLM",
+    "Qwen3Model",
+    "Gemma3ForCausalLM",
+    "Gemma3TextModel",
+)
+_STATE = "_tokenreduce_kv"
+
+
+@dataclass
+class KVTrace(Trace):
+    """What the last prefill did to the cache: entries kept per layer (``kv_entries``, None for
+    a layer left alone), the prompt length ``prompt_tokens`` (padding included) and the real
+    prompt lengths ``prompt_lengths`` per sample."""
+
+    kv_entries: list[int | None] = field(default_factory=list)
+    prompt_tokens: int = 0
+    prompt_lengths: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _LayerState:
+    valid: Tensor  # (B, Hkv, L) entry is a real token
+    time: Tensor  # (B, Hkv, L) index of the entry in the fed sequence
+
+
+@dataclass
+class _CacheState:
+    seen: int = 0  # tokens fed so far (padding included)
+    layers: dict[int, _LayerState] = field(default_factory=dict)
+
+
+@dataclass
+class _Forward:
+    start: int = 0  # time step of this forward's first token
+    mask2d: Tensor | None = None  # (B, start + s) padding mask of the whole sequence, or None
+
+
+def _config(model: nn.Module):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+class HFDecoderAdapter(Adapter):
+    family = "Hugging Face decoder LMs (" + ", ".join(_CLASSES[::2]) + ")"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        mod = type(model).__module__
+        return mod.startswith("transformers.models.") and type(model).__name__ in _CLASSES
+
+    @classmethod
+    def describe(cls, model: nn.Module) -> ModelInfo:
+        cfg = _config(model)
+        if cfg.model_type not in SUPPORTED:
+            raise TypeError(
+                f"tokenreduce cannot patch a {type(model).__name__} (model_type "
+                f"{cfg.model_type!r}); supported decoder families: {', '.join(SUPPORTED)}"
+            )
+        return ModelInfo(
+            family=f"hf_decoder:{cfg.model_type}",
+            num_layers=cfg.num_hidden_layers,
+            num_prefix=0,
+            has_class_token=False,
+            grid=None,
+        )
+
+    def __init__(self, model: nn.Module, method: Method) -> None:
+        if getattr(method, "kind", "tokens") != "kv_cache":
+            from ..methods import available, get
+
+            kv = [n for n in available() if get(n).kind == "kv_cache"]
+            raise InvalidParameter(
+                f"{method.name} reduces token sequences (kind {method.kind!r}); on a decoder "
+                f"language model use a KV-cache method: {', '.join(kv)}"
+            )
+        super().__init__(model, method)
+        impl = getattr(_config(model), "_attn_implementation", "sdpa")
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(
+                f"tokenreduce needs attn_implementation 'sdpa' or 'eager' on this model, got "
+                f"{impl!r}; load it with attn_implementation='sdpa'"
+            )
+        self.trace = KVTrace()
+        self._fwd = _Forward()
+        self._hook = None
+        base = model.model if hasattr(model, "model") else model
+        self.base = base
+        self.layers = list(base.layers)
+
+    # -- patching ---------------------------------------------------------------------------
+    def patch(self) -> None:
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.forward = types.MethodType(
+                _make_attention_forward(self, i), layer.self_attn
+            )
+        self._hook = self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+
+    def unpatch(self) -> None:
+        for layer in self.layers:
+            del layer.self_attn.forward
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _before_forward(self, module, args, kwargs):
+        """Record the padding mask and the time step of this forward; give a plain forward on
+        a reduced cache the position ids it would have had without the reduction."""
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds")
+        s = inputs.shape[1]
+        mask = kwargs.get("attention_mask")
+        if mask is not None and (not torch.is_tensor(mask) or mask.dim() != 2):
+            mask = None  # a custom 4-D mask: only checked where a reduced layer needs it
+        cache = kwargs.get("past_key_values")
+        state = getattr(cache, _STATE, None) if cache is not None else None
+        if state is not None:
+            start = state.seen
+            if kwargs.get("position_ids") is None:
+                pos = torch.arange(start, start + s, device=inputs.device)[None]
+                kwargs = {**kwargs, "position_ids": pos}
+        else:
+            start = cache.get_seq_length() if cache is not None else 0
+        self._fwd = _Forward(start=start, mask2d=mask)
+        if state is not None:
+            state.seen = start + s
+        return args, kwargs
+
+    # -- analytic cost ----------------------------------------------------------------------
+    def gflops(self, trace: Trace | None = None) -> float:
+        """GFLOPs (multiply-adds) of one decoding step per sample after the last prefill: linear
+        layers plus attention over the cache as reduced (or, with ``trace=None`` or before any
+        prefill, over the whole prompt)."""
+        cfg = _config(self.model)
+        n0 = self.trace.prompt_tokens or 1
+        entries = getattr(trace, "kv_entries", None) or [None] * cfg.num_hidden_layers
+        d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        hq, hkv, c = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size
+        flops = 0
+        for m in entries:
+            length = (n0 if m is None else m) + 1
+            flops += c * d * (2 * hq + 2 * hkv) + 2 * hq * d * length
+            flops += 3 * c * cfg.intermediate_size
+        flops += c * cfg.vocab_size
+        return flops / 1e9
+
+
+def _rope_function(attn: nn.Module):
+    fn = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+    if fn is None:
+        raise TypeError(f"{type(attn).__name__}: no apply_rotary_pos_emb in its module")
+    return fn
+
+
+def _is_sliding(attn: nn.Module, cache, layer: int) -> int | None:
+    """The layer's sliding window, or None for global attention."""
+    window = getattr(attn, "sliding_window", None)
+    layers = getattr(cache, "layers", None)
+    if layers is not None and layer < len(layers) and not getattr(layers[layer], "is_sliding", 0):
+        return None
+    return window
+
+
+def _stored(cache, layer: int) -> int:
+    """Entries a cache layer holds (a sliding layer's ``get_seq_length`` counts all it saw)."""
+    keys = getattr(cache.layers[layer], "keys", None)
+    return 0 if keys is None or keys.numel() == 0 else keys.shape[-2]
+
+
+def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
+    method = adapter.method
+    num_layers = adapter.info.num_layers
+    rope = None
+
+    def queries(attn, hidden: Tensor, position_embeddings, rows: int | None) -> Tensor:
+        """The last ``rows`` queries (all if None), after q norm and RoPE: (B, Hq, rows, D)."""
+        nonlocal rope
+        rope = rope or _rope_function(attn)
+        h = hidden if rows is None else hidden[:, -rows:]
+        b, r, _ = h.shape
+        q = attn.q_proj(h).view(b, r, -1, attn.head_dim).transpose(1, 2)
+        if getattr(attn, "q_norm", None) is not None:
+            q = attn.q_norm(q)
+        cos, sin = position_embeddings
+        q, _ = rope(q, q, cos[:, -r:], sin[:, -r:])
+        return q
+
+    def reduce_prefill(attn, cache, hidden, position_embeddings, fwd: _Forward) -> None:
+        cl = cache.layers[layer]
+        keys, values = cl.keys, cl.values
+        b, hkv, n, _ = keys.shape
+        mask = fwd.mask2d
+        valid = (
+            torch.ones(b, n, dtype=torch.bool, device=keys.device)
+            if mask is None
+            else mask[:, -n:].to(device=keys.device, dtype=torch.bool)
+        )
+        if bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+            raise ValueError(
+                "tokenreduce KV-cache methods need left padding (tokenizer.padding_side = 'left')"
+            )
+        lengths = valid.sum(1)
+        method.check_prompt(int(lengths.min()))
+        keep_list = [method.layer_keep(layer, num_layers, int(x)) for x in lengths.tolist()]
+        for k, x in zip(keep_list, lengths.tolist(), strict=True):
+            if k < x and k < method.num_protected():
+                raise InvalidParameter(
+                    f"{method.name}: the budget leaves {k} of {x} entries, fewer than the "
+                    f"{method.num_protected()} this method always keeps "
+                    f"({method.protected_description()}); lower compression_ratio or raise "
+                    "cache_budget"
+                )
+        keep = torch.tensor(keep_list, device=keys.device)
+        position = (valid.long().cumsum(1) - 1).masked_fill(~valid, -1)
+        ctx = KVContext(
+            layer,
+            num_layers,
+            keys,
+            values,
+            valid,
+            position,
+            attn.scaling,
+            lambda rows: queries(attn, hidden, position_embeddings, rows),
+        )
+        scores = method.scores(ctx, keep).float()
+        scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+        index, kept = keep_per_head(scores, keep)
+        cl.keys = gather_entries(keys, index)
+        cl.values = gather_entries(values, index)
+        state = getattr(cache, _STATE, None)
+        if state is None:
+            state = _CacheState(seen=fwd.start + hidden.shape[1])
+            setattr(cache, _STATE, state)
+        state.layers[layer] = _LayerState(valid=kept, time=fwd.start + index)
+        tr = adapter.trace
+        tr.kv_entries[layer] = index.shape[-1]
+        tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
+
+    def own_mask(attn, cache, ls: _LayerState, fwd: _Forward, s: int, window, dtype, device):
+        """This forward's mask over the reduced cache plus the ``s`` new entries."""
+        b, hkv = ls.valid.shape[:2]
+        if fwd.mask2d is not None:
+            new = fwd.mask2d[:, -s:].to(device=device, dtype=torch.bool)
+        else:
+            new = torch.ones(b, s, dtype=torch.bool, device=device)
+        t = torch.arange(fwd.start, fwd.start + s, device=device)
+        ls.valid = torch.cat([ls.valid, new[:, None, :].expand(b, hkv, s)], dim=-1)
+        ls.time = torch.cat([ls.time, t.expand(b, hkv, s)], dim=-1)
+        allowed = ls.valid[:, :, None, :] & (ls.time[:, :, None, :] <= t[None, None, :, None])
+        if window is not None:
+            allowed &= ls.time[:, :, None, :] > t[None, None, :, None] - window
+        if s == 1 and bool(allowed.all()):
+            return None, ls
+        allowed = allowed.repeat_interleave(attn.num_key_value_groups, dim=1)
+        if _config(adapter.model)._attn_implementation == "sdpa":
+            return allowed, ls
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        ), ls
+
+    def forward(
+        attn,
+        hidden_states: Tensor,
+        position_embeddings=None,
+        attention_mask=None,
+        past_key_values=None,
+        **kwargs,
+    ):
+        original = type(attn).forward
+        cache = past_key_values
+        if cache is None or not method.active:
+            return original(
+                attn,
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                **kwargs,
+            )
+        fwd = adapter._fwd
+        window = _is_sliding(attn, cache, layer)
+        prefill = cache.get_seq_length(layer) == 0
+        state = getattr(cache, _STATE, None)
+        ls = state.layers.get(layer) if state is not None else None
+        if prefill:
+            if layer == 0:
+                adapter.trace.kv_entries = [None] * num_layers
+            out = original(
+                attn,
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                **kwargs,
+            )
+            # A sliding layer whose cache already dropped part of the prompt is left alone.
+            if window is None or _stored(cache, layer) == hidden_states.shape[1]:
+                reduce_prefill(attn, cache, hidden_states, position_embeddings, fwd)
+            return out
+        if ls is None:  # a layer left alone
+            return original(
+                attn,
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                **kwargs,
+            )
+        s = hidden_states.shape[1]
+        mask, ls = own_mask(
+            attn, cache, ls, fwd, s, window, hidden_states.dtype, hidden_states.device
+        )
+        out = original(
+            attn,
+            hidden_states,
+            position_embeddings=position_embeddings,
+            attention_mask=mask,
+            past_key_values=cache,
+            **kwargs,
+        )
+        stored = _stored(cache, layer)
+        if stored < ls.valid.shape[-1]:  # a sliding cache cropped its oldest entries
+            ls.valid, ls.time = ls.valid[..., -stored:], ls.time[..., -stored:]
+        return out
+
+    return forward
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by the key and value tensors of a Hugging Face cache."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if torch.is_tensor(t):
+                total += t.numel() * t.element_size()
+    return total
+
+
+__all__ = ["HFDecoderAdapter", "KVTrace", "cache_bytes"]

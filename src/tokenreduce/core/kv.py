@@ -1,0 +1,172 @@
+"""Key-value cache reduction: pure tensor functions and the context a cache method sees.
+
+Shapes: keys and values are (B, Hkv, N, D) as a decoder caches them (RoPE already applied
+to keys); queries are (B, Hq, Q, D) with Hq = G * Hkv (grouped-query attention: query head
+h reads KV head h // G). A cache reduction keeps, for every sample and every KV head, the
+same number M of entries, so the cache stays a dense tensor; a sample that keeps fewer
+entries than M (a shorter prompt in a left-padded batch) fills the rest with masked slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .budgets import Budget
+
+
+def grouped_attention_received(
+    q: Tensor,
+    k: Tensor,
+    q_index: Tensor,
+    valid: Tensor,
+    scale: float,
+    chunk: int = 256,
+) -> Tensor:
+    """Attention each key receives from a set of causal queries, summed over the queries and
+    averaged over the query heads that share a KV head.
+
+    Only the given query rows are computed, ``chunk`` rows at a time, so the memory is
+    O(chunk * N) per head however many rows are asked for.
+
+    Args:
+        q: (B, Hq, Q, D) queries (after any q norm and RoPE) of the rows to score from.
+        k: (B, Hkv, N, D) keys of the same layer.
+        q_index: (Q,) index of each query row in the key sequence (a query sees keys <= it).
+        valid: (B, N) False for padding; padded queries add nothing, padded keys get 0.
+        scale: attention logit scale.
+
+    Returns:
+        (B, Hkv, N) float32 scores.
+    """
+    b, hq, nq, _ = q.shape
+    hkv, n = k.shape[1], k.shape[2]
+    g = hq // hkv
+    kf = k.float().repeat_interleave(g, dim=1)
+    keys = torch.arange(n, device=k.device)
+    out = torch.zeros(b, hq, n, device=k.device)
+    for start in range(0, nq, chunk):
+        rows = q_index[start : start + chunk]
+        logits = (q[:, :, start : start + chunk].float() * scale) @ kf.transpose(-2, -1)
+        allowed = valid[:, None, None, :] & (keys[None, None, None, :] <= rows[None, None, :, None])
+        probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        probs = probs.nan_to_num(0.0) * valid[:, rows].to(probs.dtype)[:, None, :, None]
+        out += probs.sum(dim=2)
+    return out.view(b, hkv, g, n).mean(dim=2)
+
+
+def pool_scores(scores: Tensor, kernel: int) -> Tensor:
+    """Average-pool scores along the sequence (SnapKV's clustering of neighbouring tokens).
+    scores: (B, H, N); an odd ``kernel`` keeps N; 1 is the identity."""
+    if kernel <= 1:
+        return scores
+    b, h, n = scores.shape
+    pooled = F.avg_pool1d(scores.reshape(b * h, 1, n), kernel, stride=1, padding=kernel // 2)
+    return pooled[..., :n].reshape(b, h, n)
+
+
+def keep_per_head(scores: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Select the ``keep[b]`` highest-scoring entries of every KV head of sample b.
+
+    Args:
+        scores: (B, H, N); ``-inf`` for entries that must never be kept (padding), ``+inf``
+            for entries that must be (sinks, recent window). Ties go to the earlier entry.
+        keep: (B,) entries to keep per sample (at most its number of finite-or-+inf scores).
+
+    Returns:
+        ``index`` (B, H, M) ascending entry indices with M = max(keep), and ``valid``
+        (B, H, M): False for the ``M - keep[b]`` filler slots of a sample that keeps fewer.
+    """
+    b, h, n = scores.shape
+    m = int(keep.max())
+    order = scores.float().argsort(dim=-1, descending=True, stable=True)[..., :m]
+    rank = torch.arange(m, device=scores.device).expand(b, h, m)
+    valid = rank < keep.to(scores.device)[:, None, None]
+    index, perm = order.sort(dim=-1)
+    return index, valid.gather(-1, perm)
+
+
+def gather_entries(x: Tensor, index: Tensor) -> Tensor:
+    """(B, H, N, ...) entries at ``index`` (B, H, M) -> (B, H, M, ...)."""
+    idx = index.reshape(*index.shape, *([1] * (x.dim() - 3))).expand(*index.shape, *x.shape[3:])
+    return x.gather(2, idx)
+
+
+def removed_count(n: int, ratio: float) -> int:
+    """Entries a ratio removes from ``n`` (floor, robust to float error: 0.3 * 10 -> 3)."""
+    return int(n * ratio + 1e-9)
+
+
+@dataclass(frozen=True)
+class CacheBudget(Budget):
+    """Entries a layer's cache keeps out of ``n``: ``n - floor(n * ratio)``, or at most
+    ``max_entries`` when it is set. ``remove(layer, n)`` is the complement."""
+
+    ratio: float = 0.0
+    max_entries: int | None = None
+
+    def keep(self, layer: int, n: int) -> int:
+        if self.max_entries is not None:
+            return min(n, self.max_entries)
+        return n - removed_count(n, self.ratio)
+
+    def remove(self, layer: int, n: int) -> int:
+        return n - self.keep(layer, n)
+
+
+@dataclass
+class KVContext:
+    """What a cache method may read at one layer when the cache is reduced.
+
+    ``keys``/``values`` (B, Hkv, N, D) are the layer's cached entries; ``valid`` (B, N) is
+    False for padding; ``position`` (B, N) is each entry's position in its own prompt (0 for
+    the first real token, -1 for padding), so scores that depend on position agree between
+    a padded batch and its samples one by one. ``queries(rows)`` returns the last ``rows``
+    queries (None: all of them) with RoPE applied, computed on demand for those rows only.
+    """
+
+    layer: int
+    num_layers: int
+    keys: Tensor
+    values: Tensor
+    valid: Tensor
+    position: Tensor
+    scale: float
+    queries: Callable[[int | None], Tensor]
+    _attn: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_entries(self) -> int:
+        return self.keys.shape[2]
+
+    @property
+    def num_valid(self) -> Tensor:
+        """(B,) real (unpadded) entries per sample."""
+        return self.valid.sum(dim=1)
+
+    def attention(self, rows: int | None) -> Tensor:
+        """(B, Hkv, N) attention received from the last ``rows`` queries (None: all), summed
+        over those queries and averaged over each KV head's query heads. Cached per ``rows``."""
+        if rows not in self._attn:
+            n = self.num_entries
+            q = self.queries(rows)
+            q_index = torch.arange(n - q.shape[2], n, device=self.keys.device)
+            self._attn[rows] = grouped_attention_received(
+                q, self.keys, q_index, self.valid, self.scale
+            )
+        return self._attn[rows]
+
+
+__all__ = [
+    "CacheBudget",
+    "KVContext",
+    "gather_entries",
+    "grouped_attention_received",
+    "keep_per_head",
+    "pool_scores",
+    "removed_count",
+]

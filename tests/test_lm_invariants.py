@@ -1,0 +1,276 @@
+"""Invariants of every registered KV-cache method on Hugging Face decoder LMs.
+
+Parametrised over ``tokenreduce.methods.available()`` filtered to ``kind == "kv_cache"``, so a
+newly registered cache method is tested here without editing this file. The models are tiny,
+randomly initialised Llama / Qwen3 / Gemma-3 decoders with grouped KV heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import tokenreduce
+from tokenreduce import methods
+from tokenreduce.adapters.hf_decoder import cache_bytes
+from tokenreduce.methods.base import InvalidParameter
+
+transformers = pytest.importorskip("transformers")
+
+KV_METHODS = [n for n in methods.available() if methods.get(n).kind == "kv_cache"]
+PROMPT = 40  # tokens of the longest prompt
+SMALL = {"window_size": 6, "n_sink": 2}  # window-like parameters sized for short prompts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread avoids oversubscribing a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(name: str, **kw) -> methods.Method:
+    cls = methods.get(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in SMALL.items() if k in fields}, **kw)
+
+
+def _llama(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        initializer_range=0.3, attn_implementation="sdpa",
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return _llama()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Three prompts of 40, 33 and 26 tokens, left-padded to 40."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 101, (3, PROMPT), generator=gen)
+    mask = torch.ones_like(ids)
+    for row, pad in ((1, 7), (2, 14)):
+        ids[row, :pad] = 0
+        mask[row, :pad] = 0
+    return ids, mask
+
+
+def _generate(model, ids, mask=None, steps=6):
+    out = model.generate(
+        ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+        pad_token_id=0, output_scores=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, dim=1)
+
+
+def _cache_lengths(cache) -> list[int]:
+    return [layer.keys.shape[2] for layer in cache.layers]
+
+
+# -- identity ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", KV_METHODS)
+def test_zero_compression_is_identity(name, llama, batch):
+    ids, mask = batch
+    ref_logits = llama(ids, attention_mask=mask).logits
+    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    with tokenreduce.patch(llama, make(name, compression_ratio=0.0)):
+        logits = llama(ids, attention_mask=mask).logits
+        tokens, scores = _generate(llama, ids, mask)
+    assert torch.equal(logits, ref_logits)
+    assert torch.equal(tokens, ref_tokens)
+    assert torch.equal(scores, ref_scores)
+
+
+@pytest.mark.parametrize("name", KV_METHODS)
+def test_budget_of_full_length_changes_nothing(name, llama, batch):
+    """The reduction path runs (cache rebuilt, masks and positions handled by the adapter)
+    but keeps every entry: generation must continue exactly as without it."""
+    ids, mask = batch
+    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    with tokenreduce.patch(llama, make(name, cache_budget=PROMPT)) as handle:
+        tokens, scores = _generate(llama, ids, mask)
+        assert handle.trace.kv_entries == [PROMPT, PROMPT]
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["snapkv", "streamingllm"])
+def test_plain_forward_continues_positions(name, llama, batch):
+    """Prefill then one more token by plain forwards, without position ids."""
+    ids = batch[0][:1]
+    nxt = torch.tensor([[5]])
+    ref = llama(nxt, past_key_values=llama(ids, use_cache=True).past_key_values).logits
+    with tokenreduce.patch(llama, make(name, cache_budget=PROMPT)):
+        cache = llama(ids, use_cache=True).past_key_values
+        out = llama(nxt, past_key_values=cache).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+# -- the cache really shrinks ------------------------------------------------------------------
+@pytest.mark.parametrize("name", KV_METHODS)
+@pytest.mark.parametrize("budget", [{"compression_ratio": 0.5}, {"cache_budget": 13}])
+def test_cache_holds_exactly_the_budget(name, budget, llama, batch):
+    ids, mask = batch
+    method = make(name, **budget)
+    lengths = mask.sum(1).tolist()
+    full = cache_bytes(llama(ids, attention_mask=mask, use_cache=True).past_key_values)
+    with tokenreduce.patch(llama, method) as handle:
+        out = llama(ids, attention_mask=mask, use_cache=True)
+    cache = out.past_key_values
+    for layer, cl in enumerate(cache.layers):
+        want = [method.layer_keep(layer, 2, n) for n in lengths]
+        assert cl.keys.shape == (3, 2, max(want), 16)
+        assert cl.values.shape == cl.keys.shape
+        assert handle.trace.kv_entries[layer] == max(want)
+        valid = cache._tokenreduce_kv.layers[layer].valid  # (B, Hkv, M)
+        assert valid.sum(-1).tolist() == [[w, w] for w in want]
+    expected = sum(max(method.layer_keep(i, 2, n) for n in lengths) for i in range(2))
+    bytes_ = cache_bytes(cache)
+    assert bytes_ == full * expected // (2 * PROMPT)
+    assert handle.gflops() < handle.baseline_gflops()
+
+
+def test_ratio_budget_removes_the_ratio(llama, batch):
+    ids = batch[0][:1]
+    for ratio in (0.25, 0.5, 0.75):
+        with tokenreduce.patch(llama, make("snapkv", compression_ratio=ratio)):
+            cache = llama(ids, use_cache=True).past_key_values
+        assert _cache_lengths(cache) == [PROMPT - int(PROMPT * ratio)] * 2
+
+
+def test_pyramidkv_budgets_fall_with_depth():
+    m = methods.build("pyramidkv:compression_ratio=0.5,window_size=8,beta=4")
+    keep = [m.layer_keep(i, 6, 1000) for i in range(6)]
+    assert keep == sorted(keep, reverse=True) and keep[0] > keep[-1]
+    assert abs(sum(keep) - 6 * 500) <= 6  # same total as uniform, up to rounding
+
+
+# -- batches -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", KV_METHODS)
+def test_batched_equals_per_sample(name, llama, batch):
+    ids, mask = batch
+    method = make(name, compression_ratio=0.5)
+    with tokenreduce.patch(llama, method):
+        tokens, scores = _generate(llama, ids, mask)
+        for row in range(ids.shape[0]):
+            real = ids[row : row + 1, mask[row] == 1]
+            t1, s1 = _generate(llama, real)
+            assert torch.equal(tokens[row : row + 1], t1), f"sample {row}"
+            torch.testing.assert_close(scores[row : row + 1], s1, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", KV_METHODS)
+def test_reduction_changes_generation_and_unpatch_restores(name, llama, batch):
+    ids, mask = batch
+    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    with tokenreduce.patch(llama, make(name, compression_ratio=0.75)):
+        _, scores = _generate(llama, ids, mask)
+    assert not torch.allclose(scores, ref_scores, atol=1e-3)
+    assert "forward" not in vars(llama.model.layers[0].self_attn)
+    tokens, scores2 = _generate(llama, ids, mask)
+    assert torch.equal(tokens, ref_tokens) and torch.equal(scores2, ref_scores)
+
+
+# -- other families ----------------------------------------------------------------------------
+def _qwen3():
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(
+        vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        initializer_range=0.3, attn_implementation="sdpa",
+    )  # fmt: skip
+    return transformers.Qwen3ForCausalLM(cfg).eval()
+
+
+def _gemma3():
+    torch.manual_seed(0)
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+        sliding_window=16, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        initializer_range=0.3, attn_implementation="sdpa",
+    )  # fmt: skip
+    return transformers.Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("build", [_qwen3, _gemma3], ids=["qwen3", "gemma3"])
+@pytest.mark.parametrize("name", ["snapkv", "h2o"])
+def test_other_families_batched_and_budget(build, name, batch):
+    model = build()
+    ids, mask = batch
+    ref_tokens, _ = _generate(model, ids, mask)
+    with tokenreduce.patch(model, make(name, cache_budget=PROMPT)):
+        tokens, _ = _generate(model, ids, mask)
+    assert torch.equal(tokens, ref_tokens)
+    with tokenreduce.patch(model, make(name, compression_ratio=0.5)) as handle:
+        tokens, scores = _generate(model, ids, mask)
+        t1, s1 = _generate(model, ids[1:2, mask[1] == 1])
+    assert torch.equal(tokens[1:2], t1)
+    torch.testing.assert_close(scores[1:2], s1, atol=1e-4, rtol=1e-4)
+    # Gemma's sliding layers (window 16 < prompt) keep their own bounded cache.
+    n_reduced = sum(e is not None for e in handle.trace.kv_entries)
+    assert n_reduced == (1 if build is _gemma3 else 2)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", KV_METHODS)
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, True, "half"])
+def test_ratio_outside_range(name, ratio):
+    with pytest.raises(InvalidParameter, match=r"compression_ratio.*\[0, 1\)"):
+        make(name, compression_ratio=ratio)
+
+
+@pytest.mark.parametrize("name", KV_METHODS)
+def test_bad_cache_budget(name):
+    with pytest.raises(InvalidParameter, match="cache_budget"):
+        make(name, cache_budget=0)
+
+
+def test_budget_smaller_than_protected_tokens(llama, batch):
+    with pytest.raises(InvalidParameter, match="cache_budget=4 is smaller than the 6"):
+        methods.build("snapkv:window_size=6,cache_budget=4")
+    with pytest.raises(InvalidParameter, match="cache_budget=1 is smaller"):
+        methods.build("streamingllm:n_sink=4,cache_budget=1")
+    # A ratio that leaves fewer entries than the window fails when the prompt is known.
+    spec = "snapkv:window_size=30,compression_ratio=0.5"
+    with tokenreduce.patch(llama, spec), pytest.raises(InvalidParameter, match="fewer than the 30"):
+        llama(batch[0][:1], use_cache=True)
+
+
+def test_window_larger_than_prompt(llama, batch):
+    short = batch[0][:1, :5]
+    for spec in ("snapkv:window_size=8,compression_ratio=0.2", "streamingllm:n_sink=8"):
+        with (
+            tokenreduce.patch(llama, spec),
+            pytest.raises(InvalidParameter, match="prompt has 5 tokens"),
+        ):
+            llama(short, use_cache=True)
+
+
+def test_unsupported_architecture_names_supported_ones():
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)
+    model = transformers.GPT2LMHeadModel(cfg)
+    with pytest.raises(TypeError, match=r"GPT2LMHeadModel.*LlamaForCausalLM.*Qwen3ForCausalLM"):
+        tokenreduce.patch(model, "snapkv")
+
+
+def test_token_method_on_lm_is_refused(llama):
+    with pytest.raises(InvalidParameter, match="KV-cache method: .*snapkv"):
+        tokenreduce.patch(llama, "topk")
+
+
+def test_right_padding_is_refused(llama, batch):
+    ids, mask = batch
+    with tokenreduce.patch(llama, "knorm"), pytest.raises(ValueError, match="left padding"):
+        llama(ids, attention_mask=mask.flip(1), use_cache=True)
