@@ -1,0 +1,78 @@
+"""Helpers for the benchmark tests: a tiny IDX data set, tiny ViT checkpoints, fast options."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TINY_ARCH = {
+    "img_size": 28,
+    "patch_size": 7,
+    "in_chans": 1,
+    "num_classes": 10,
+    "embed_dim": 16,
+    "depth": 4,
+    "num_heads": 2,
+    "mlp_ratio": 2.0,
+}
+
+
+def write_idx(folder: Path, n: int = 40, seed: int = 0) -> Path:
+    """Fashion-MNIST-shaped test split (IDX, gzip) with ``n`` random images and labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return folder
+
+
+def tiny_vit(arch: dict | None = None, seed: int = 0):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer(class_token=True, global_pool="token", **(arch or TINY_ARCH)).eval()
+
+
+def write_arch_checkpoint(file: Path, arch: dict | None = None, seed: int = 0) -> Path:
+    """A checkpoint in the bundled format: weights plus the ViT arguments as metadata."""
+    from safetensors.torch import save_file
+
+    arch = arch or TINY_ARCH
+    model = tiny_vit(arch, seed)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(file), metadata={"arch": json.dumps(arch)})
+    return file
+
+
+def fast_args(ckpt: Path, data: Path, db: Path, out: Path) -> list[str]:
+    """bench options for a sweep that takes seconds on the tiny model."""
+    return [
+        "--model",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--db",
+        str(db),
+        "--out",
+        str(out),
+        "--limit",
+        "20",
+        "--batch-size",
+        "10",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+    ]
