@@ -1,0 +1,336 @@
+"""Train the bundled demo ViT (``tokenreduce.assets.load("fmnist-vit")``) on Fashion-MNIST.
+
+Reproducible and seeded; runs on a CPU (``--device cuda`` where a GPU is available).
+Training has two phases so that most steps are cheap. The first phase sees 56x56 inputs but
+keeps only a random quarter of the 196 patch tokens per image (timm's patch dropout, as in
+FLIP, Li et al. 2023), so a step costs about what a 49-token ViT costs while the patch
+embedding and position embedding already work at the final scale. The second phase fine-tunes
+with all 196 tokens, the way the model is used. (``--low-size 28 --patch-drop 0`` instead
+trains the first phase at 28x28 and resamples the position embedding to 14x14 afterwards.)
+Optimiser: AdamW, linear warm-up then cosine decay in each phase; label smoothing; optional
+random-shift and horizontal-flip augmentation.
+
+    python -m tokenreduce.train_demo --out runs/fmnist-vit
+    python -m tokenreduce.train_demo --time-steps 5     # measure step times, then exit
+
+Each epoch writes ``epoch-XX.safetensors`` and ``last.safetensors`` (weights + architecture
+metadata) to ``--out``, so partial progress is usable; ``train.log`` records every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .assets import fmnist_vit
+from .data.fashion_mnist import fashion_mnist
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m tokenreduce.train_demo",
+        description="Train the demo ViT (56x56, patch 4, 196+1 tokens) on Fashion-MNIST.",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/fmnist-vit"), help="output folder")
+    p.add_argument("--data", type=str, default=None, help="Fashion-MNIST folder (IDX .gz files)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--device", type=str, default="cpu")
+    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--depth", type=int, default=12)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--mlp-ratio", type=float, default=4.0)
+    p.add_argument("--low-size", type=int, default=56, help="input size of the first phase")
+    p.add_argument(
+        "--patch-drop", type=float, default=0.75, help="patch tokens dropped in the first phase"
+    )
+    p.add_argument("--low-epochs", type=float, default=3.0, help="epochs of the first phase")
+    p.add_argument(
+        "--high-epochs",
+        type=float,
+        default=0.25,
+        help="epochs with all tokens at 56x56 (may be < 1)",
+    )
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, first phase")
+    p.add_argument("--high-lr", type=float, default=5e-4, help="peak learning rate, 56x56 phase")
+    p.add_argument("--min-lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=float, default=0.3, help="warm-up length, in epochs")
+    p.add_argument("--high-warmup", type=float, default=0.02, help="warm-up, 56x56 phase")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--shift", type=int, default=0, help="max random shift in pixels (0: off)")
+    p.add_argument("--no-flip", action="store_true", help="disable horizontal flips")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
+    p.add_argument("--eval-limit", type=int, default=1000, help="test images per epoch log")
+    p.add_argument("--checkpoints-per-epoch", type=int, default=1)
+    p.add_argument("--time-steps", type=int, default=0, help="only time N steps per phase")
+    return p.parse_args(argv)
+
+
+class Log:
+    """Print and append to ``train.log`` with the elapsed wall time."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.t0 = time.time()
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.time() - self.t0:8.1f}s] {msg}"
+        print(line, flush=True)
+        with open(self.file, "a") as f:
+            f.write(line + "\n")
+
+
+def augment(x: torch.Tensor, shift: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts (zero padding; the background is black) and horizontal flips, per image."""
+    b, _, h, w = x.shape
+    if shift > 0:
+        padded = F.pad(x, (shift, shift, shift, shift))
+        dy = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+        dx = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+        rows = (dy[:, None] + torch.arange(h)[None]).view(b, 1, h, 1)
+        cols = (dx[:, None] + torch.arange(w)[None]).view(b, 1, 1, w)
+        x = padded[
+            torch.arange(b).view(b, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1), rows, cols
+        ]
+    if flip:
+        mask = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(mask.view(b, 1, 1, 1), x.flip(-1), x)
+    return x
+
+
+def to_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> normalised float (B, 1, size, size); the same as ``preprocess``."""
+    x = images.unsqueeze(1).float().div_(255.0)
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x - fmnist_vit.MEAN[0]) / fmnist_vit.STD[0]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    size: int,
+    device: str,
+    bs: int = 500,
+) -> float:
+    """Top-1 accuracy in percent."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), bs):
+        x = to_input(images[i : i + bs], size).to(device)
+        correct += (model(x).argmax(-1).cpu() == labels[i : i + bs]).sum().item()
+    model.train()
+    return 100.0 * correct / max(1, len(images))
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to ``floor``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def grow(model: nn.Module, arch: dict, size: int) -> nn.Module:
+    """A copy of ``model`` for ``size`` inputs, position embedding resampled to the new grid."""
+    from timm.layers import resample_abs_pos_embed
+
+    big = fmnist_vit.build(arch, img_size=size)
+    state = model.state_dict()
+    grid = big.patch_embed.grid_size
+    if tuple(grid) != tuple(model.patch_embed.grid_size):
+        state["pos_embed"] = resample_abs_pos_embed(
+            state["pos_embed"], new_size=list(grid), num_prefix_tokens=big.num_prefix_tokens
+        )
+    big.load_state_dict(state)
+    return big
+
+
+def make_optimizer(model: nn.Module, wd: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases, norms and embeddings (the usual ViT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # the fused kernel is several times faster on CPU for many small tensors
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999))
+
+
+def run_phase(
+    args: argparse.Namespace,
+    log: Log,
+    model: nn.Module,
+    arch: dict,
+    phase: str,
+    size: int,
+    epochs: float,
+    peak: float,
+    warmup_epochs: float,
+    data: tuple,
+    start_epoch: int,
+) -> int:
+    """Train one phase; returns the epoch counter after it."""
+    train_x, train_y, test_x, test_y = data
+    n = len(train_x)
+    steps_per_epoch = n // args.batch_size
+    total = max(1, round(epochs * steps_per_epoch))
+    warmup = min(total - 1, round(warmup_epochs * steps_per_epoch)) if total > 1 else 0
+    # At least four checkpoints per phase, so a short phase still leaves usable progress.
+    ckpt_every = max(1, min(steps_per_epoch // args.checkpoints_per_epoch, -(-total // 4)))
+    opt = make_optimizer(model, args.weight_decay)
+    crit = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + (size))
+    tokens = (size // arch["patch_size"]) ** 2
+    drop = float(getattr(model.patch_drop, "prob", 0.0))
+    log(
+        f"phase {phase}: {size}x{size} input, {tokens} patch tokens ({int(tokens * (1 - drop))} "
+        f"kept per image while training) + class token, {total} steps ({epochs} epochs), "
+        f"peak lr {peak}"
+    )
+    model.train()
+    step, epoch, t_phase = 0, start_epoch, time.time()
+    loss_sum, seen, correct = 0.0, 0, 0
+    while step < total:
+        perm = torch.randperm(n, generator=gen)
+        for b in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
+            imgs = augment(train_x[idx].unsqueeze(1), args.shift, not args.no_flip, gen).squeeze(1)
+            x, y = to_input(imgs, size).to(args.device), train_y[idx].to(args.device)
+            lr = lr_at(step, total, warmup, peak, args.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            logits = model(x)
+            loss = crit(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+            correct += (logits.argmax(-1) == y).sum().item()
+            if step % 50 == 0:
+                rate = step / (time.time() - t_phase)
+                log(
+                    f"{phase} step {step}/{total} lr {lr:.2e} loss {loss_sum / seen:.4f} "
+                    f"train-acc {100 * correct / seen:.2f} ({rate:.2f} steps/s, "
+                    f"{(total - step) / rate / 60:.1f} min left in phase)"
+                )
+            if step % ckpt_every == 0 or step % steps_per_epoch == 0 or step == total:
+                epoch_done = step % steps_per_epoch == 0 or step == total
+                tag = f"{phase}-step{step:05d}"
+                acc = evaluate(model, test_x, test_y, size, args.device)
+                log(
+                    f"checkpoint {tag}: test top-1 on {len(test_x)} images {acc:.2f}% "
+                    f"(train loss {loss_sum / max(1, seen):.4f})"
+                )
+                arch_now = {**arch, "img_size": size}
+                info = {"phase": phase, "step": step, "eval_acc": acc, "eval_images": len(test_x)}
+                fmnist_vit.save(model, args.out / "last.safetensors", arch_now, info)
+                if epoch_done:
+                    epoch += 1
+                    fmnist_vit.save(
+                        model, args.out / f"epoch-{epoch:02d}-{tag}.safetensors", arch_now, info
+                    )
+                loss_sum, seen, correct = 0.0, 0, 0
+    return epoch
+
+
+def time_steps(
+    args: argparse.Namespace, arch: dict, train_x: torch.Tensor, train_y: torch.Tensor
+) -> None:
+    """Measure the seconds per training step at both input sizes and project the run time."""
+    crit = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    steps_per_epoch = len(train_x) // args.batch_size
+    total_s = 0.0
+    phases = ((args.low_size, args.low_epochs, args.patch_drop), (56, args.high_epochs, 0.0))
+    for size, epochs, drop in phases:
+        model = fmnist_vit.build(arch, img_size=size, patch_drop_rate=drop).to(args.device).train()
+        opt = make_optimizer(model, args.weight_decay)
+        times = []
+        for i in range(args.time_steps + 1):
+            idx = torch.arange(i * args.batch_size, (i + 1) * args.batch_size)
+            x, y = to_input(train_x[idx], size).to(args.device), train_y[idx].to(args.device)
+            t = time.perf_counter()
+            loss = crit(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        med = sorted(times[1:])[len(times[1:]) // 2]
+        total_s += med * steps_per_epoch * epochs
+        print(
+            f"{size}x{size}, patch drop {drop}: {med:.3f} s/step (batch {args.batch_size}), "
+            f"{med * steps_per_epoch / 60:.1f} min/epoch, {epochs} epochs"
+        )
+    print(f"projected training time: {total_s / 60:.1f} min (evaluation not included)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    arch = {
+        **fmnist_vit.DEFAULT_ARCH,
+        "embed_dim": args.embed_dim,
+        "depth": args.depth,
+        "num_heads": args.heads,
+        "mlp_ratio": args.mlp_ratio,
+    }
+    train_x, train_y = fashion_mnist("train", args.data)
+    test_x, test_y = fashion_mnist("test", args.data)
+    if args.limit:
+        train_x, train_y = train_x[: args.limit], train_y[: args.limit]
+    if args.time_steps:
+        time_steps(args, arch, train_x, train_y)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = Log(args.out / "train.log")
+    log(f"args: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    data = (train_x, train_y, test_x[: args.eval_limit], test_y[: args.eval_limit])
+    t0 = time.time()
+    epoch = 0
+    if args.low_epochs > 0:
+        model = fmnist_vit.build(arch, img_size=args.low_size, patch_drop_rate=args.patch_drop)
+        log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {arch}")
+        low = (args.low_size, args.low_epochs, args.lr, args.warmup)
+        epoch = run_phase(args, log, model.to(args.device), arch, "low", *low, data, epoch)
+        # A fresh model without patch dropout, at 56x56 (position embedding resampled if needed).
+        model = grow(model.cpu(), arch, 56).to(args.device)
+        peak, warm = args.high_lr, args.high_warmup
+    else:
+        model = fmnist_vit.build(arch, img_size=56).to(args.device)
+        peak, warm = args.lr, args.warmup
+    if args.high_epochs > 0:
+        run_phase(args, log, model, arch, "high", 56, args.high_epochs, peak, warm, data, epoch)
+    train_s = time.time() - t0
+    acc = evaluate(model, test_x, test_y, 56, args.device)
+    final = args.out / "final.safetensors"
+    summary = {"test_top1": acc, "test_images": len(test_x), "train_seconds": round(train_s, 1)}
+    fmnist_vit.save(model.cpu(), final, {**arch, "img_size": 56}, summary)
+    log(
+        f"done: test top-1 {acc:.2f}% on {len(test_x)} images, training {train_s / 60:.1f} min -> {final}"
+    )
+    (args.out / "summary.json").write_text(
+        json.dumps({**summary, "arch": {**arch, "img_size": 56}}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
