@@ -106,7 +106,7 @@ def bench(
     from .bench import metrics, runner
     from .bench.models import ModelError
     from .bench.models import load as load_model
-    from .bench.store import Store, StoreError
+    from .bench.store import Store, StoreError, check_file
 
     try:  # names and budgets first: a typo should not wait for a model to load
         cfg.resolve(methods, budgets or (), quick=quick)
@@ -114,27 +114,32 @@ def bench(
         _fail(str(err))
     threads = threads or metrics.default_threads()
     try:
+        check_file(db)  # a foreign or broken store fails now, before anything is loaded
+    except StoreError as err:
+        _fail(str(err))
+    try:
+        loaded = load_model(model)
+    except ModelError as err:
+        _fail(str(err))
+    try:
+        configs = cfg.resolve(methods, budgets or (), depth=_depth(loaded.model), quick=quick)
+        runner.check_configs(loaded.model, configs)
+        task = _classification_task(
+            loaded.model,
+            data,
+            limit or (QUICK_LIMIT if quick else None),
+            batch_size,
+            threads,
+            repeats or (QUICK_REPEATS if quick else 10),
+            QUICK_WARMUP if warmup is None and quick else (2 if warmup is None else warmup),
+        )
+    except (cfg.ConfigError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    try:
         store = Store.open(db)
     except StoreError as err:
         _fail(str(err))
     with store:
-        try:
-            loaded = load_model(model)
-        except ModelError as err:
-            _fail(str(err))
-        try:
-            configs = cfg.resolve(methods, budgets or (), depth=_depth(loaded.model), quick=quick)
-            task = _classification_task(
-                loaded.model,
-                data,
-                limit or (QUICK_LIMIT if quick else None),
-                batch_size,
-                threads,
-                repeats or (QUICK_REPEATS if quick else 10),
-                QUICK_WARMUP if warmup is None and quick else (2 if warmup is None else warmup),
-            )
-        except (cfg.ConfigError, ValueError, FileNotFoundError) as err:
-            _fail(str(err))
         options = {
             "model": model,
             "methods": methods,

@@ -165,7 +165,7 @@ def test_bad_methods_and_budgets(tmp_path, tiny_ckpt, idx_dir, extra, message):
     result = invoke("bench", *fast_args(tiny_ckpt, idx_dir, db, tmp_path / "r.html"), *extra)
     assert result.exit_code == 2
     assert message in result.output
-    assert not db.exists() or rows(db) == []
+    assert not db.exists()  # nothing is created for a run that cannot start
 
 
 def test_non_kv_method_kind_is_refused(tmp_path, tiny_ckpt, idx_dir):
