@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny timm ViTs of every supported layout, built in milliseconds."""
+"""Shared fixtures: tiny timm ViTs of every supported layout and tiny randomly initialised
+Hugging Face vision transformers, built in milliseconds."""
 
 from __future__ import annotations
 
@@ -18,7 +19,32 @@ TINY = {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 48, "num_heads
         "num_classes": 10}
 
 
+# Hugging Face vision models of the same shape (32x32 images, patch 4, 4 layers, width 48).
+HF_VARIANTS = ("hf_vit", "hf_dinov2", "hf_clip", "hf_siglip")
+HF_TINY = {"image_size": 32, "patch_size": 4, "num_hidden_layers": 4, "hidden_size": 48,
+           "num_attention_heads": 3}
+
+
+def make_hf(variant: str, seed: int = 0) -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    if variant == "hf_vit":  # a classifier with the 10-way head, like the timm models
+        cfg = transformers.ViTConfig(**HF_TINY, intermediate_size=96, num_labels=10)
+        return transformers.ViTForImageClassification(cfg).eval()
+    if variant == "hf_dinov2":
+        return transformers.Dinov2Model(transformers.Dinov2Config(**HF_TINY, mlp_ratio=2)).eval()
+    if variant == "hf_clip":
+        cfg = transformers.CLIPVisionConfig(**HF_TINY, intermediate_size=96)
+        return transformers.CLIPVisionModel(cfg).eval()
+    if variant == "hf_siglip":  # no class token, attention-pooling head
+        cfg = transformers.SiglipVisionConfig(**HF_TINY, intermediate_size=96)
+        return transformers.SiglipVisionModel(cfg).eval()
+    raise KeyError(variant)
+
+
 def make_vit(variant: str = "cls", seed: int = 0) -> torch.nn.Module:
+    if variant in HF_VARIANTS:
+        return make_hf(variant, seed)
     name, extra = VIT_VARIANTS[variant]
     torch.manual_seed(seed)
     return timm.create_model(name, **TINY, **extra).eval()
@@ -29,6 +55,30 @@ def images(batch: int = 3, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, 32, 32, generator=gen)
 
 
-@pytest.fixture(params=list(VIT_VARIANTS))
+def output(out) -> torch.Tensor:
+    """A model's main output tensor: the tensor itself (timm), else the logits, the image
+    embedding or the pooled output of a Hugging Face output object."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "image_embeds", "pooler_output"):
+        value = getattr(out, key, None)
+        if value is not None:
+            return value
+    return out.last_hidden_state
+
+
+def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward ``x`` and return the main output tensor."""
+    return output(model(x))
+
+
+def num_prefix(model: torch.nn.Module) -> int:
+    """Leading protected tokens (class, distillation, registers) as the adapter sees them."""
+    from tokenreduce.adapters import find_adapter
+
+    return find_adapter(model).describe(model).num_prefix
+
+
+@pytest.fixture(params=[*VIT_VARIANTS, *HF_VARIANTS])
 def vit(request) -> torch.nn.Module:
     return make_vit(request.param)

@@ -6,9 +6,10 @@ from torch import nn
 
 from .base import Adapter, Trace
 from .hf_decoder import HFDecoderAdapter
+from .hf_vision import HFVisionAdapter
 from .timm_vit import TimmViTAdapter
 
-ADAPTERS: list[type[Adapter]] = [TimmViTAdapter, HFDecoderAdapter]
+ADAPTERS: list[type[Adapter]] = [TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter]
 
 
 def find_adapter(model: nn.Module) -> type[Adapter]:
