@@ -133,6 +133,15 @@ class HFVisionAdapter(Adapter):
                     f"layer {i} of this {type(model).__name__} is a {type(layer).__name__}; "
                     f"tokenreduce supports the standard {spec.layer_class}"
                 )
+            attn = _attention(layer)
+            if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "head_dim")):
+                import transformers
+
+                raise TypeError(
+                    f"the {type(attn).__name__} of transformers {transformers.__version__} has "
+                    "no q_proj/k_proj/v_proj; the Hugging Face vision adapter follows the "
+                    "attention layout of transformers 5 (tested with 5.23): upgrade transformers"
+                )
         cfg = backbone.config
         image, patch = _pair(cfg.image_size), _pair(cfg.patch_size)
         num_prefix = int(spec.has_class_token) + int(getattr(cfg, "num_register_tokens", 0) or 0)

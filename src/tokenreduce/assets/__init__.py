@@ -57,5 +57,6 @@ def _fmnist_vit(file: str | None = None) -> Any:
 
 
 from . import llm as _llm  # noqa: E402,F401  (registers "smollm2", "gemma3-270m")
+from . import dinov2 as _dinov2  # noqa: E402,F401  (registers "dinov2-small")
 
 __all__ = ["available", "describe", "load", "register"]
