@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
     p.add_argument("--eval-limit", type=int, default=1000, help="test images per epoch log")
     p.add_argument("--checkpoints-per-epoch", type=int, default=1)
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this checkpoint (its metadata sets the architecture)",
+    )
     p.add_argument("--time-steps", type=int, default=0, help="only time N steps per phase")
     return p.parse_args(argv)
 
@@ -142,11 +148,12 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> floa
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def grow(model: nn.Module, arch: dict, size: int) -> nn.Module:
-    """A copy of ``model`` for ``size`` inputs, position embedding resampled to the new grid."""
+def grow(model: nn.Module, arch: dict, size: int, **build_kw) -> nn.Module:
+    """A new model for ``size`` inputs with ``model``'s weights (position embedding resampled
+    when the patch grid changes); ``build_kw`` go to ``fmnist_vit.build`` (patch dropout)."""
     from timm.layers import resample_abs_pos_embed
 
-    big = fmnist_vit.build(arch, img_size=size)
+    big = fmnist_vit.build(arch, img_size=size, **build_kw)
     state = model.state_dict()
     grid = big.patch_embed.grid_size
     if tuple(grid) != tuple(model.patch_embed.grid_size):
@@ -292,6 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         "num_heads": args.heads,
         "mlp_ratio": args.mlp_ratio,
     }
+    init = None
+    if args.init is not None:
+        init = fmnist_vit.load(args.init).train()
+        arch = {**fmnist_vit.read_metadata(args.init)["arch"], "img_size": 56}
     train_x, train_y = fashion_mnist("train", args.data)
     test_x, test_y = fashion_mnist("test", args.data)
     if args.limit:
@@ -307,12 +318,19 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     epoch = 0
     if args.low_epochs > 0:
-        model = fmnist_vit.build(arch, img_size=args.low_size, patch_drop_rate=args.patch_drop)
+        drop = {"patch_drop_rate": args.patch_drop}
+        if init is None:
+            model = fmnist_vit.build(arch, img_size=args.low_size, **drop)
+        else:
+            model = grow(init, arch, args.low_size, **drop)
         log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {arch}")
         low = (args.low_size, args.low_epochs, args.lr, args.warmup)
         epoch = run_phase(args, log, model.to(args.device), arch, "low", *low, data, epoch)
         # A fresh model without patch dropout, at 56x56 (position embedding resampled if needed).
         model = grow(model.cpu(), arch, 56).to(args.device)
+        peak, warm = args.high_lr, args.high_warmup
+    elif init is not None:  # continue training with all tokens
+        model = init.to(args.device)
         peak, warm = args.high_lr, args.high_warmup
     else:
         model = fmnist_vit.build(arch, img_size=56).to(args.device)
