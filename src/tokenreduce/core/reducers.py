@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .reduction import Reduction
+from .reduction import FoldPlan, Reduction
 from .scorers import cosine_similarity
 
 
@@ -42,7 +42,12 @@ def topk_fuse(scores: Tensor, keep: int, protected: Tensor, size: Tensor) -> Red
     is_kept = assign < m
     weight = torch.where(is_kept, torch.ones_like(size), scores.to(size.dtype) * size)
     anchor = torch.cat([kept, kept.new_full((b, 1), -1)], dim=1)
-    return Reduction(assign, weight, anchor)
+    # The fused slot is led by its first member; the n - m - 1 others fold into it.
+    fused = torch.sort(is_kept.to(torch.uint8), dim=1, stable=True).indices[:, : n - m]
+    plan = FoldPlan(
+        torch.cat([kept, fused[:, :1]], dim=1), fused[:, 1:], fused.new_full((b, n - m - 1), m)
+    )
+    return Reduction(assign, weight, anchor, plan=plan)
 
 
 def bipartite_merge(metric: Tensor, r: int, protected: Tensor, size: Tensor) -> Reduction:
@@ -60,8 +65,9 @@ def bipartite_merge(metric: Tensor, r: int, protected: Tensor, size: Tensor) -> 
     if r <= 0:
         return Reduction.select(torch.arange(n, device=metric.device).expand(b, n), n)
     scores = cosine_similarity(metric[:, ::2], metric[:, 1::2])
-    scores = scores.masked_fill(protected[:, ::2, None], -torch.inf)
-    scores = scores.masked_fill(protected[:, None, 1::2], -torch.inf)
+    # One in-place pass for both sides: protected A tokens propose nothing, protected B
+    # tokens receive nothing.
+    scores.masked_fill_(protected[:, ::2, None] | protected[:, None, 1::2], -torch.inf)
     node_max, node_idx = scores.max(dim=-1)
     edge_idx = node_max.argsort(dim=-1, descending=True)
     src = 2 * edge_idx[:, :r]  # A tokens that merge away (input indices)
@@ -71,7 +77,8 @@ def bipartite_merge(metric: Tensor, r: int, protected: Tensor, size: Tensor) -> 
     group.scatter_(1, src, dst)
     owns_slot = torch.ones(b, n, dtype=torch.bool, device=metric.device)
     owns_slot.scatter_(1, src, False)
-    return Reduction.from_groups(group, size, owns_slot)
+    # Every sample keeps n - r slots and folds r tokens: known counts, no host sync.
+    return Reduction.from_groups(group, size, owns_slot, num_out=n - r, num_fold=r)
 
 
 def grid_pool(
