@@ -1,0 +1,152 @@
+"""Long-context tasks for language models, generated offline from a seed.
+
+The haystack is English prose from the Jargon File (Debian package ``jargon-text``) or any
+text given; the tasks follow RULER (Hsieh et al., 2024, https://arxiv.org/abs/2404.06654):
+
+* ``niah``: one needle ("The secret number is 4817.") at a chosen depth; recall the number.
+* ``multikey``: several needles with different keys ("The special number for apple is ...");
+  recall the number of one key, the others are distractors.
+* ``vt`` (variable tracking): a value is assigned to a variable and passed along a chain of
+  assignments scattered through the text; name the value of the last variable.
+
+Every sample is a chat prompt (user turn, then the start of the answer) and the expected
+answer string; a generation is correct when its first line contains the answer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
+TASKS = ("niah", "multikey", "vt")
+_KEYS = ("apple", "river", "violin", "copper", "falcon", "meadow", "lantern", "pepper")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One task instance: ``messages`` for the chat template, the assistant's ``answer_prefix``
+    appended after the template, the expected ``answer``, and the needle's ``depth``."""
+
+    task: str
+    messages: list
+    answer_prefix: str
+    answer: str
+    depth: float
+
+    def is_correct(self, generated: str) -> bool:
+        return self.answer in generated.strip().split("\n")[0]
+
+
+def jargon_sentences(path: str | Path | None = None) -> list[str]:
+    """Prose sentences of the Jargon File (tables, headers and short lines left out)."""
+    path = Path(path) if path else JARGON
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: install the Debian package jargon-text "
+            "(apt-get install jargon-text) or pass your own prose"
+        )
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    sentences = []
+    for para in re.split(r"\n\s*\n", text):
+        if re.search(r"[│├┼┤─═]", para):
+            continue
+        flat = " ".join(para.split())
+        if len(flat) < 200 or sum(c.isalpha() for c in flat) < 0.7 * len(flat):
+            continue
+        sentences += [s for s in re.split(r"(?<=[.!?])\s+", flat) if 20 <= len(s) <= 400]
+    return sentences
+
+
+def _haystack(sentences: list[str], n_tokens: int, tokenizer, rng: random.Random) -> list[str]:
+    """Consecutive sentences from a random start, about ``n_tokens`` tokens in all."""
+    start = rng.randrange(len(sentences))
+    out, total = [], 0
+    i = start
+    while total < n_tokens:
+        s = sentences[i % len(sentences)]
+        out.append(s)
+        total += len(tokenizer(s, add_special_tokens=False).input_ids) + 1
+        i += 1
+    return out
+
+
+def _insert(hay: list[str], items: list[tuple[float, str]]) -> str:
+    hay = list(hay)
+    for depth, sentence in sorted(items, reverse=True):
+        hay.insert(round(depth * len(hay)), sentence)
+    return " ".join(hay)
+
+
+def _wrap(task: str, text: str, question: str, prefix: str, answer: str, depth: float) -> Sample:
+    content = f"Read the text and answer the question.\n\n{text}\n\nQuestion: {question}"
+    return Sample(task, [{"role": "user", "content": content}], prefix, answer, depth)
+
+
+def make_sample(
+    task: str, tokenizer, n_tokens: int, depth: float, seed: int, sentences: list[str]
+) -> Sample:
+    """One sample of ``task`` with a haystack of about ``n_tokens`` tokens.
+
+    Args:
+        task: one of ``TASKS``.
+        tokenizer: the model's tokenizer (to size the haystack in its tokens).
+        n_tokens: haystack length in tokens (the prompt adds a few dozen).
+        depth: where the needle goes, 0 (start) to 1 (end); for ``vt`` the first assignment.
+        seed: seeds the haystack start, the numbers and the keys.
+        sentences: the prose, e.g. :func:`jargon_sentences`.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+    if not 0 <= depth <= 1:
+        raise ValueError(f"depth={depth!r} is invalid; allowed: a number in [0, 1]")
+    rng = random.Random(f"{task}:{n_tokens}:{depth}:{seed}")
+    hay = _haystack(sentences, n_tokens, tokenizer, rng)
+    number = str(rng.randrange(1000, 10000))
+    if task == "niah":
+        text = _insert(hay, [(depth, f"The secret number is {number}.")])
+        return _wrap(
+            task,
+            text,
+            "What is the secret number? Answer with the number only.",
+            "The secret number is",
+            number,
+            depth,
+        )
+    if task == "multikey":
+        keys = rng.sample(_KEYS, 4)
+        others = [str(rng.randrange(1000, 10000)) for _ in keys[1:]]
+        needles = [(depth, f"The special number for {keys[0]} is {number}.")]
+        needles += [
+            (rng.random(), f"The special number for {k} is {v}.")
+            for k, v in zip(keys[1:], others, strict=True)
+        ]
+        text = _insert(hay, needles)
+        return _wrap(
+            task,
+            text,
+            f"What is the special number for {keys[0]}? Answer with the number only.",
+            f"The special number for {keys[0]} is",
+            number,
+            depth,
+        )
+    names = ["".join(rng.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(3)) for _ in range(3)]
+    chain = [f"VAR {names[0]} = {number}."]
+    chain += [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:], strict=False)]
+    steps = [depth + (1 - depth) * i / len(chain) for i in range(len(chain))]
+    text = _insert(hay, list(zip(steps, chain, strict=True)))
+    return _wrap(
+        task,
+        text,
+        f"What number does VAR {names[-1]} hold? Answer with the number only.",
+        f"VAR {names[-1]} holds",
+        number,
+        depth,
+    )
+
+
+__all__ = ["JARGON", "TASKS", "Sample", "jargon_sentences", "make_sample"]
