@@ -1,8 +1,8 @@
 """Measurements shared by benchmark tasks: paired timing, peak tensor memory, environment.
 
 Timing follows one rule: a speedup is a ratio against the unreduced model measured in the
-same process, interleaved with it, after a warm-up, as a median over repeats, with the
-number of threads fixed. Interleaving (A B B A ...) makes slow drifts of a shared machine
+same process, interleaved with it, after a warm-up, as a median over repeats of the paired
+ratios, with the number of threads fixed. Interleaving (A B B A ...) makes slow drifts of a shared machine
 (other processes, frequency changes) hit both sides alike.
 """
 
