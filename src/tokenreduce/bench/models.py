@@ -200,8 +200,8 @@ def _load_timm(name: str) -> nn.Module:
     except Exception as err:  # timm raises many types for a missing download / cache
         raise ModelError(
             f"--model {name!r}: could not load its pretrained weights ({type(err).__name__}: "
-            f"{err}). Offline, only weights already in the local cache load; otherwise pass a "
-            "local checkpoint"
+            f"{err}). Offline, only weights already in the local cache load (HF_HUB_OFFLINE=1 "
+            "skips the network retries); otherwise pass a local checkpoint"
         ) from None
     check_supported(model, name)
     return model
