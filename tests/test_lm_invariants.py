@@ -274,3 +274,52 @@ def test_right_padding_is_refused(llama, batch):
     ids, mask = batch
     with tokenreduce.patch(llama, "knorm"), pytest.raises(ValueError, match="left padding"):
         llama(ids, attention_mask=mask.flip(1), use_cache=True)
+
+
+# -- holding the budget while decoding -------------------------------------------------------
+DECODING = [n for n in KV_METHODS if methods.get(n).decodes]
+
+
+@pytest.mark.parametrize("name", DECODING)
+def test_decode_every_holds_the_budget(name, llama, batch):
+    ids, mask = batch
+    method = make(name, cache_budget=12, decode_every=4)
+    with tokenreduce.patch(llama, method):
+        out = llama.generate(
+            ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+            pad_token_id=0, return_dict_in_generate=True,
+        )  # fmt: skip
+    # 11 decoding forwards: reduced back to 12 after the 4th and 8th, then 3 more appended.
+    assert _cache_lengths(out.past_key_values) == [12 + 3, 12 + 3]
+    valid = out.past_key_values._tokenreduce_kv.layers[0].valid
+    assert valid.sum(-1).tolist() == [[15, 15]] * 3
+
+
+@pytest.mark.parametrize("name", DECODING)
+def test_decode_every_batched_equals_per_sample(name, llama, batch):
+    ids, mask = batch
+    method = make(name, compression_ratio=0.5, decode_every=3)
+    with tokenreduce.patch(llama, method):
+        tokens, scores = _generate(llama, ids, mask, steps=10)
+        for row in range(ids.shape[0]):
+            t1, s1 = _generate(llama, ids[row : row + 1, mask[row] == 1], steps=10)
+            assert torch.equal(tokens[row : row + 1], t1), f"sample {row}"
+            torch.testing.assert_close(scores[row : row + 1], s1, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", DECODING)
+def test_decode_every_changes_generation(name, llama, batch):
+    ids, mask = batch
+    with tokenreduce.patch(llama, make(name, cache_budget=30)):
+        _, once = _generate(llama, ids, mask, steps=12)
+    with tokenreduce.patch(llama, make(name, cache_budget=30, decode_every=2)):
+        _, held = _generate(llama, ids, mask, steps=12)
+    assert not torch.allclose(once, held, atol=1e-4)
+
+
+def test_decode_every_refused_where_the_score_needs_prompt_queries():
+    for name in set(KV_METHODS) - set(DECODING):
+        with pytest.raises(InvalidParameter, match="decode_every=2 is not supported"):
+            make(name, decode_every=2)
+    with pytest.raises(InvalidParameter, match="decode_every=-1"):
+        make("tova", decode_every=-1)

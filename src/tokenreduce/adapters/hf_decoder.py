@@ -62,6 +62,9 @@ class KVTrace(Trace):
 class _LayerState:
     valid: Tensor  # (B, Hkv, L) entry is a real token
     time: Tensor  # (B, Hkv, L) index of the entry in the fed sequence
+    keep: Tensor  # (B,) entries each sample keeps (its budget)
+    pad: Tensor  # (B,) left padding of each sample (time - pad = position in its prompt)
+    since: int = 0  # entries appended since the last reduction
 
 
 @dataclass
@@ -272,10 +275,26 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         if state is None:
             state = _CacheState(seen=fwd.start + hidden.shape[1])
             setattr(cache, _STATE, state)
-        state.layers[layer] = _LayerState(valid=kept, time=fwd.start + index)
+        state.layers[layer] = _LayerState(kept, fwd.start + index, keep, n - lengths)
         tr = adapter.trace
         tr.kv_entries[layer] = index.shape[-1]
         tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
+
+    def reduce_decode(attn, cache, ls: _LayerState, hidden, position_embeddings) -> None:
+        """Bring a layer's cache back to its budget while generating (``decode_every``)."""
+        cl = cache.layers[layer]
+        keys, values = cl.keys, cl.values
+        position = (ls.time - ls.pad[:, None, None]).masked_fill(~ls.valid, -1)
+        s = hidden.shape[1]
+        ctx = KVContext(layer, num_layers, keys, values, ls.valid, position, attn.scaling,
+                        lambda rows: queries(attn, hidden, position_embeddings,
+                                             s if rows is None else min(rows, s)))  # fmt: skip
+        scores = method.scores(ctx, ls.keep).float().masked_fill(~ls.valid, float("-inf"))
+        index, kept = keep_per_head(scores, ls.keep)
+        cl.keys = gather_entries(keys, index)
+        cl.values = gather_entries(values, index)
+        ls.valid, ls.time, ls.since = kept, ls.time.gather(-1, index), 0
+        adapter.trace.kv_entries[layer] = index.shape[-1]
 
     def own_mask(attn, cache, ls: _LayerState, fwd: _Forward, s: int, window, dtype, device):
         """This forward's mask over the reduced cache plus the ``s`` new entries."""
@@ -362,6 +381,9 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         stored = _stored(cache, layer)
         if stored < ls.valid.shape[-1]:  # a sliding cache cropped its oldest entries
             ls.valid, ls.time = ls.valid[..., -stored:], ls.time[..., -stored:]
+        ls.since += s
+        if method.decode_every and ls.since >= method.decode_every:
+            reduce_decode(attn, cache, ls, hidden_states, position_embeddings)
         return out
 
     return forward

@@ -26,6 +26,7 @@ def grouped_attention_received(
     valid: Tensor,
     scale: float,
     chunk: int = 256,
+    q_valid: Tensor | None = None,
 ) -> Tensor:
     """Attention each key receives from a set of causal queries, summed over the queries and
     averaged over the query heads that share a KV head.
@@ -37,8 +38,11 @@ def grouped_attention_received(
         q: (B, Hq, Q, D) queries (after any q norm and RoPE) of the rows to score from.
         k: (B, Hkv, N, D) keys of the same layer.
         q_index: (Q,) index of each query row in the key sequence (a query sees keys <= it).
-        valid: (B, N) False for padding; padded queries add nothing, padded keys get 0.
+        valid: (B, N) False for padding (padded keys get 0), or (B, Hkv, N) per KV head (a
+            cache already reduced per head).
         scale: attention logit scale.
+        q_valid: (B, Q) False for query rows that add nothing; by default ``valid`` at the
+            query rows for a (B, N) mask, all rows otherwise.
 
     Returns:
         (B, Hkv, N) float32 scores.
@@ -48,14 +52,22 @@ def grouped_attention_received(
     g = hq // hkv
     kf = k.float().repeat_interleave(g, dim=1)
     keys = torch.arange(n, device=k.device)
+    if valid.dim() == 3:
+        key_ok = valid.repeat_interleave(g, dim=1)[:, :, None, :]  # (B, Hq, 1, N)
+        q_valid = (
+            torch.ones(b, nq, dtype=torch.bool, device=k.device) if q_valid is None else q_valid
+        )
+    else:
+        key_ok = valid[:, None, None, :]
+        q_valid = valid[:, q_index] if q_valid is None else q_valid
     out = torch.zeros(b, hq, n, device=k.device)
     for start in range(0, nq, chunk):
         rows = q_index[start : start + chunk]
         logits = (q[:, :, start : start + chunk].float() * scale) @ kf.transpose(-2, -1)
-        allowed = valid[:, None, None, :] & (keys[None, None, None, :] <= rows[None, None, :, None])
+        allowed = key_ok & (keys[None, None, None, :] <= rows[None, None, :, None])
         probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-        probs = probs.nan_to_num(0.0) * valid[:, rows].to(probs.dtype)[:, None, :, None]
-        out += probs.sum(dim=2)
+        row_ok = q_valid[:, start : start + chunk].to(probs.dtype)[:, None, :, None]
+        out += (probs.nan_to_num(0.0) * row_ok).sum(dim=2)
     return out.view(b, hkv, g, n).mean(dim=2)
 
 
@@ -125,7 +137,8 @@ class KVContext:
     ``keys``/``values`` (B, Hkv, N, D) are the layer's cached entries; ``valid`` (B, N) is
     False for padding; ``position`` (B, N) is each entry's position in its own prompt (0 for
     the first real token, -1 for padding), so scores that depend on position agree between
-    a padded batch and its samples one by one. ``queries(rows)`` returns the last ``rows``
+    a padded batch and its samples one by one. During decoding the cache has already been
+    reduced per KV head: ``valid`` and ``position`` are then (B, Hkv, N). ``queries(rows)`` returns the last ``rows``
     queries (None: all of them) with RoPE applied, computed on demand for those rows only.
     """
 
@@ -144,9 +157,9 @@ class KVContext:
         return self.keys.shape[2]
 
     @property
-    def num_valid(self) -> Tensor:
-        """(B,) real (unpadded) entries per sample."""
-        return self.valid.sum(dim=1)
+    def per_head(self) -> bool:
+        """True when ``valid``/``position`` are given per KV head (decoding)."""
+        return self.valid.dim() == 3
 
     def attention(self, rows: int | None) -> Tensor:
         """(B, Hkv, N) attention received from the last ``rows`` queries (None: all), summed

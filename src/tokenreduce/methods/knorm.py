@@ -22,10 +22,11 @@ class KNorm(KVCacheMethod):
     attention: no query is needed.
 
     Parameters:
-        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+        compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 
     name = "knorm"
+    decodes = True
     paper = "Devoto et al., EMNLP 2024 (arXiv:2406.11430)"
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:

@@ -34,6 +34,10 @@ class KVCacheMethod(Method):
             0 leaves the cache untouched. Ignored when ``cache_budget`` is set.
         cache_budget: keep at most this many entries per sample and layer (an integer >= 1),
             whatever the prompt length; None to use ``compression_ratio``.
+        decode_every: while generating, every this many new tokens reduce each layer's cache
+            back to the budget it had after the prompt (an integer >= 0; 0 reduces at the end
+            of prefill only). Only for methods whose score needs no prompt queries
+            (``decodes = True``).
     """
 
     kind: ClassVar[str] = "kv_cache"
@@ -41,8 +45,13 @@ class KVCacheMethod(Method):
     budget_identity: ClassVar[object] = 0.0
     budget_sweep: ClassVar[tuple] = (0.25, 0.5, 0.75)
 
+    #: the score needs nothing from the prompt that decoding lacks, so the budget can be
+    #: held while generating (``decode_every``)
+    decodes: ClassVar[bool] = False
+
     compression_ratio: float = 0.5
     cache_budget: int | None = None
+    decode_every: int = 0
 
     def __post_init__(self) -> None:
         r = self.compression_ratio
@@ -53,6 +62,14 @@ class KVCacheMethod(Method):
             isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1,
             "a number in [0, 1)",
         )
+        d = self.decode_every
+        check(self.name, "decode_every", d, _is_int(d) and d >= 0, "an integer >= 0")
+        if d and not self.decodes:
+            raise InvalidParameter(
+                f"{self.name}: decode_every={d} is not supported (its score needs the prompt's "
+                "queries); allowed: decode_every=0, or a method that holds its budget while "
+                "decoding: streamingllm, tova, knorm, kv_random"
+            )
         b = self.cache_budget
         check(
             self.name,
@@ -120,7 +137,9 @@ class KVCacheMethod(Method):
 
     @staticmethod
     def per_head(scores: Tensor, ctx: KVContext) -> Tensor:
-        """Broadcast (B, N) scores to every KV head: (B, Hkv, N)."""
+        """Broadcast (B, N) scores to every KV head: (B, Hkv, N); per-head scores pass."""
+        if scores.dim() == 3:
+            return scores
         return scores[:, None, :].expand(-1, ctx.keys.shape[1], -1)
 
 

@@ -22,10 +22,11 @@ class KVRandom(KVCacheMethod):
 
     Parameters:
         seed: seed of the random draw (an integer >= 0).
-        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+        compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 
     name = "kv_random"
+    decodes = True
     paper = "baseline"
     seed: int = 0
 
@@ -52,7 +53,8 @@ class KVRandom(KVCacheMethod):
                 for head in range(h)
             ]
         ).to(ctx.keys.device)
-        return torch.stack([table[head][pos] for head in range(h)], dim=1)
+        pos = pos if pos.dim() == 3 else pos[:, None, :].expand(-1, h, -1)
+        return torch.stack([table[head][pos[:, head]] for head in range(h)], dim=1)
 
 
 _BLOCK = 4096

@@ -24,10 +24,11 @@ class StreamingLLM(KVCacheMethod):
 
     Parameters:
         n_sink: sink tokens kept at the start of every prompt (an integer >= 0).
-        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+        compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 
     name = "streamingllm"
+    decodes = True
     paper = "Xiao et al., ICLR 2024 (arXiv:2309.17453)"
     n_sink: int = 4
 

@@ -22,10 +22,11 @@ class TOVA(KVCacheMethod):
     row is computed.
 
     Parameters:
-        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+        compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 
     name = "tova"
+    decodes = True
     paper = "Oren et al., EMNLP 2024 (arXiv:2401.06104)"
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
