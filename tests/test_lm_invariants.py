@@ -266,7 +266,7 @@ def test_unsupported_architecture_names_supported_ones():
 
 
 def test_token_method_on_lm_is_refused(llama):
-    with pytest.raises(InvalidParameter, match="KV-cache method: .*snapkv"):
+    with pytest.raises(InvalidParameter, match="KV-cache or prefill method: .*fastv.*snapkv"):
         tokenreduce.patch(llama, "topk")
 
 
@@ -323,3 +323,65 @@ def test_decode_every_refused_where_the_score_needs_prompt_queries():
             make(name, decode_every=2)
     with pytest.raises(InvalidParameter, match="decode_every=-1"):
         make("tova", decode_every=-1)
+
+
+# -- prefill pruning ---------------------------------------------------------------------------
+PREFILL = [n for n in methods.available() if methods.get(n).kind == "prefill"]
+
+
+def make_prefill(name: str, ratio: float) -> methods.Method:
+    cls = methods.get(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    extra = {"layer": 0} if "layer" in fields else {}
+    return cls(**extra, **{cls.budget_param: ratio})
+
+
+@pytest.mark.parametrize("name", PREFILL)
+def test_prefill_zero_is_identity_and_nothing_removed_changes_nothing(name, llama, batch):
+    ids, mask = batch
+    ref_logits = llama(ids, attention_mask=mask).logits
+    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    with tokenreduce.patch(llama, make_prefill(name, 0.0)):
+        assert torch.equal(llama(ids, attention_mask=mask).logits, ref_logits)
+        tokens, scores = _generate(llama, ids, mask)
+    assert torch.equal(tokens, ref_tokens) and torch.equal(scores, ref_scores)
+    # A ratio too small to remove a token still runs the pruned path (gathers, own masks).
+    with tokenreduce.patch(llama, make_prefill(name, 0.01)) as handle:
+        tokens, scores = _generate(llama, ids, mask)
+        assert handle.trace.kv_entries == [None, PROMPT]
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", PREFILL)
+def test_prefill_pruning_shrinks_later_layers(name, llama, batch):
+    ids, mask = batch
+    method = make_prefill(name, 0.5)
+    lengths = mask.sum(1).tolist()
+    m = max(method.keep_count(n) for n in lengths)
+    with tokenreduce.patch(llama, method) as handle:
+        out = llama(ids, attention_mask=mask, use_cache=True)
+        assert handle.trace.kv_entries == [None, m]
+    assert _cache_lengths(out.past_key_values) == [PROMPT, m]
+    assert out.logits.shape[1] == m  # logits of the kept tokens, the last one included
+    assert bool(torch.isfinite(out.logits).all())  # filler slots never poison a row
+
+
+@pytest.mark.parametrize("name", PREFILL)
+def test_prefill_batched_equals_per_sample(name, llama, batch):
+    ids, mask = batch
+    ref_tokens, _ = _generate(llama, ids, mask)
+    with tokenreduce.patch(llama, make_prefill(name, 0.5)):
+        tokens, scores = _generate(llama, ids, mask)
+        for row in range(ids.shape[0]):
+            t1, s1 = _generate(llama, ids[row : row + 1, mask[row] == 1])
+            assert torch.equal(tokens[row : row + 1], t1), f"sample {row}"
+            torch.testing.assert_close(scores[row : row + 1], s1, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(tokens, ref_tokens)
+
+
+def test_fastv_bad_input(llama):
+    with pytest.raises(InvalidParameter, match=r"prune_ratio=1.0 is invalid.*\[0, 1\)"):
+        methods.build("fastv:prune_ratio=1.0")
+    with pytest.raises(InvalidParameter, match="layer=1 leaves no layer"):
+        tokenreduce.patch(llama, "fastv:layer=1")

@@ -74,6 +74,17 @@ class _CacheState:
 
 
 @dataclass
+class _Prune:
+    """Prompt tokens kept by a prefill method, for the layers after its site."""
+
+    index: Tensor  # (B, M) kept token indices, ascending
+    kept: Tensor  # (B, M) False for filler slots
+    keep: Tensor  # (B,) tokens kept per sample
+    pad: Tensor  # (B,) left padding per sample
+    n: int  # prompt length before pruning (padding included)
+
+
+@dataclass
 class _Forward:
     start: int = 0  # time step of this forward's first token
     mask2d: Tensor | None = None  # (B, start + s) padding mask of the whole sequence, or None
@@ -109,13 +120,13 @@ class HFDecoderAdapter(Adapter):
         )
 
     def __init__(self, model: nn.Module, method: Method) -> None:
-        if getattr(method, "kind", "tokens") != "kv_cache":
+        if getattr(method, "kind", "tokens") not in ("kv_cache", "prefill"):
             from ..methods import available, get
 
-            kv = [n for n in available() if get(n).kind == "kv_cache"]
+            ok = [n for n in available() if get(n).kind in ("kv_cache", "prefill")]
             raise InvalidParameter(
                 f"{method.name} reduces token sequences (kind {method.kind!r}); on a decoder "
-                f"language model use a KV-cache method: {', '.join(kv)}"
+                f"language model use a KV-cache or prefill method: {', '.join(ok)}"
             )
         super().__init__(model, method)
         impl = getattr(_config(model), "_attn_implementation", "sdpa")
@@ -126,6 +137,7 @@ class HFDecoderAdapter(Adapter):
             )
         self.trace = KVTrace()
         self._fwd = _Forward()
+        self._prune: _Prune | None = None
         self._hook = None
         base = model.model if hasattr(model, "model") else model
         self.base = base
@@ -137,11 +149,15 @@ class HFDecoderAdapter(Adapter):
             layer.self_attn.forward = types.MethodType(
                 _make_attention_forward(self, i), layer.self_attn
             )
+            if self.method.kind == "prefill" and i > self.method.layer:
+                layer.forward = types.MethodType(_make_layer_forward(self, i), layer)
         self._hook = self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
     def unpatch(self) -> None:
         for layer in self.layers:
             del layer.self_attn.forward
+            if "forward" in vars(layer):
+                del layer.forward
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -166,6 +182,7 @@ class HFDecoderAdapter(Adapter):
         else:
             start = cache.get_seq_length() if cache is not None else 0
         self._fwd = _Forward(start=start, mask2d=mask)
+        self._prune = None
         if state is not None:
             state.seen = start + s
         return args, kwargs
@@ -205,6 +222,59 @@ def _is_sliding(attn: nn.Module, cache, layer: int) -> int | None:
     return window
 
 
+def _valid(mask2d: Tensor | None, b: int, n: int, device) -> Tensor:
+    """(B, n) padding mask of the last ``n`` tokens; fails on right padding."""
+    if mask2d is None:
+        return torch.ones(b, n, dtype=torch.bool, device=device)
+    valid = mask2d[:, -n:].to(device=device, dtype=torch.bool)
+    if bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+        raise ValueError(
+            "tokenreduce decoder methods need left padding (tokenizer.padding_side = 'left')"
+        )
+    return valid
+
+
+def _make_layer_forward(adapter: HFDecoderAdapter, layer: int):
+    """A decoder layer after a prefill method's site: during that prefill it runs on the kept
+    tokens, with their positions and a mask over them (causal by original index)."""
+
+    def forward(dl, hidden_states: Tensor, *args, **kwargs):
+        original = type(dl).forward
+        pr = adapter._prune
+        if pr is None:
+            return original(dl, hidden_states, *args, **kwargs)
+        if args:
+            raise TypeError("tokenreduce: decoder layers must be called with keyword arguments")
+        b, m = pr.index.shape
+        if hidden_states.shape[1] == pr.n:  # the first layer after the site
+            idx = pr.index[:, :, None].expand(b, m, hidden_states.shape[-1])
+            hidden_states = hidden_states.gather(1, idx)
+        cos, sin = kwargs["position_embeddings"]
+        idx = pr.index[:, :, None].expand(b, m, cos.shape[-1])
+        kwargs["position_embeddings"] = (
+            cos.expand(b, -1, -1).gather(1, idx),
+            sin.expand(b, -1, -1).gather(1, idx),
+        )
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"].expand(b, -1).gather(1, pr.index)
+        t = pr.index
+        allowed = pr.kept[:, None, None, :] & (t[:, None, None, :] <= t[:, None, :, None])
+        window = getattr(dl.self_attn, "sliding_window", None)
+        if window is not None:
+            allowed &= t[:, None, None, :] > t[:, None, :, None] - window
+        # Every row may see itself, so a filler slot never has an all-masked row (NaN).
+        allowed |= torch.eye(m, dtype=torch.bool, device=t.device)
+        if _config(adapter.model)._attn_implementation != "sdpa":
+            dtype = hidden_states.dtype
+            allowed = torch.zeros(allowed.shape, dtype=dtype, device=t.device).masked_fill(
+                ~allowed, torch.finfo(dtype).min
+            )
+        kwargs["attention_mask"] = allowed
+        return original(dl, hidden_states, **kwargs)
+
+    return forward
+
+
 def _stored(cache, layer: int) -> int:
     """Entries a cache layer holds (a sliding layer's ``get_seq_length`` counts all it saw)."""
     keys = getattr(cache.layers[layer], "keys", None)
@@ -233,16 +303,7 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         cl = cache.layers[layer]
         keys, values = cl.keys, cl.values
         b, hkv, n, _ = keys.shape
-        mask = fwd.mask2d
-        valid = (
-            torch.ones(b, n, dtype=torch.bool, device=keys.device)
-            if mask is None
-            else mask[:, -n:].to(device=keys.device, dtype=torch.bool)
-        )
-        if bool((valid[:, :-1] & ~valid[:, 1:]).any()):
-            raise ValueError(
-                "tokenreduce KV-cache methods need left padding (tokenizer.padding_side = 'left')"
-            )
+        valid = _valid(fwd.mask2d, b, n, keys.device)
         lengths = valid.sum(1)
         method.check_prompt(int(lengths.min()))
         keep_list = [method.layer_keep(layer, num_layers, int(x)) for x in lengths.tolist()]
@@ -279,6 +340,47 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         tr = adapter.trace
         tr.kv_entries[layer] = index.shape[-1]
         tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
+
+    def select_prefill(attn, hidden, position_embeddings) -> _Prune:
+        """Rank the prompt tokens by the last query's attention at this layer; keep the best."""
+        fwd = adapter._fwd
+        b, n, _ = hidden.shape
+        valid = _valid(fwd.mask2d, b, n, hidden.device)
+        lengths = valid.sum(1)
+        keep = torch.tensor([method.keep_count(int(x)) for x in lengths.tolist()],
+                            device=hidden.device)  # fmt: skip
+        k = attn.k_proj(hidden).view(b, n, -1, attn.head_dim).transpose(1, 2)
+        if getattr(attn, "k_norm", None) is not None:
+            k = attn.k_norm(k)
+        cos, sin = position_embeddings
+        k, _ = (rope or _rope_function(attn))(k, k, cos, sin)
+        position = (valid.long().cumsum(1) - 1).masked_fill(~valid, -1)
+        ctx = KVContext(layer, num_layers, k, k, valid, position, attn.scaling,
+                        lambda rows: queries(attn, hidden, position_embeddings, rows))  # fmt: skip
+        scores = method.scores(ctx).float()
+        scores[:, -1] = float("inf")  # the last token is always kept
+        scores = scores.masked_fill(~valid, float("-inf"))
+        index, kept = keep_per_head(scores[:, None, :], keep)
+        tr = adapter.trace
+        tr.kv_entries = [None] * num_layers
+        tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
+        return _Prune(index[:, 0], kept[:, 0], keep, n - lengths, n)
+
+    def remember_pruned(attn, cache) -> None:
+        """Record time steps and validity of a pruned layer's cache entries for decoding."""
+        pr = adapter._prune
+        hkv = cache.layers[layer].keys.shape[1]
+        b, m = pr.index.shape
+        valid = pr.kept[:, None, :].expand(b, hkv, m)
+        time = adapter._fwd.start + pr.index[:, None, :].expand(b, hkv, m)
+        stored = _stored(cache, layer)
+        state = getattr(cache, _STATE, None)
+        if state is None:
+            state = _CacheState(seen=adapter._fwd.start + pr.n)
+            setattr(cache, _STATE, state)
+        state.layers[layer] = _LayerState(valid[..., -stored:], time[..., -stored:], pr.keep,
+                                          pr.pad)  # fmt: skip
+        adapter.trace.kv_entries[layer] = stored
 
     def reduce_decode(attn, cache, ls: _LayerState, hidden, position_embeddings) -> None:
         """Bring a layer's cache back to its budget while generating (``decode_every``)."""
@@ -328,6 +430,22 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
     ):
         original = type(attn).forward
         cache = past_key_values
+        if method.kind == "prefill" and method.active:
+            first = cache is None or cache.get_seq_length(layer) == 0
+            if first:
+                out = original(
+                    attn,
+                    hidden_states,
+                    position_embeddings=position_embeddings,
+                    attention_mask=attention_mask,
+                    past_key_values=cache,
+                    **kwargs,
+                )
+                if layer == method.layer:
+                    adapter._prune = select_prefill(attn, hidden_states, position_embeddings)
+                elif layer > method.layer and cache is not None and adapter._prune is not None:
+                    remember_pruned(attn, cache)
+                return out
         if cache is None or not method.active:
             return original(
                 attn,
@@ -382,7 +500,8 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         if stored < ls.valid.shape[-1]:  # a sliding cache cropped its oldest entries
             ls.valid, ls.time = ls.valid[..., -stored:], ls.time[..., -stored:]
         ls.since += s
-        if method.decode_every and ls.since >= method.decode_every:
+        every = getattr(method, "decode_every", 0)
+        if every and ls.since >= every:
             reduce_decode(attn, cache, ls, hidden_states, position_embeddings)
         return out
 
