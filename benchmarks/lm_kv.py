@@ -29,6 +29,11 @@ KV_METHODS = [n for n in tokenreduce.methods.available()
               if tokenreduce.methods.get(n).kind == "kv_cache"]  # fmt: skip
 
 
+def spec_of(method: str, ratio: float) -> str:
+    """``"snapkv:compression_ratio=0.5"``, ``"fastv:prune_ratio=0.5"``: the method's budget."""
+    return f"{method}:{tokenreduce.methods.get(method).budget_param}={ratio}"
+
+
 def encode(tok, samples):
     texts = [
         tok.apply_chat_template(s.messages, add_generation_prompt=True, tokenize=False)
@@ -95,7 +100,7 @@ def main() -> None:
     p.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--ratios", default="0.25,0.5,0.75")
-    p.add_argument("--methods", default=",".join(KV_METHODS))
+    p.add_argument("--methods", default=",".join(KV_METHODS), help="KV-cache or prefill methods")
     p.add_argument("--timing-lengths", default="1024,2048")
     p.add_argument("--timing-methods", default="snapkv,streamingllm,h2o")
     p.add_argument("--decode", type=int, default=32)
@@ -120,7 +125,7 @@ def main() -> None:
             samples = [make_sample(task, tok, length, float(d), s, sentences)
                        for d in a.depths.split(",") for s in range(a.seeds)]  # fmt: skip
             configs = [("full", 0.0, None)] + [
-                (m, r, f"{m}:compression_ratio={r}") for m in methods for r in ratios
+                (m, r, spec_of(m, r)) for m in methods for r in ratios
             ]
             for name, ratio, spec in configs:
                 t0 = time.perf_counter()
@@ -135,9 +140,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     for length in [int(x) for x in a.timing_lengths.split(",") if x]:
         ids = torch.randint(100, tok.vocab_size, (1, length), generator=gen)
-        specs = [("full", None)] + [
-            (m, f"{m}:compression_ratio=0.5") for m in a.timing_methods.split(",") if m
-        ]
+        specs = [("full", None)] + [(m, spec_of(m, 0.5)) for m in a.timing_methods.split(",") if m]
         for name, spec in specs:
             ttft, tps, kv = time_config(model, ids, spec, a.decode, a.repeats)
             row = {"length": length, "method": name, "ratio": 0.0 if spec is None else 0.5,
