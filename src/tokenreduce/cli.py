@@ -21,7 +21,7 @@ app = typer.Typer(
 
 DEFAULT_DB = Path("results/tokenreduce.db")
 DEFAULT_OUT = Path("results/report.html")
-QUICK_LIMIT, QUICK_REPEATS, QUICK_WARMUP = 256, 3, 1
+QUICK_LIMIT, QUICK_BATCH, QUICK_REPEATS, QUICK_WARMUP = 128, 32, 3, 1
 
 
 def _fail(message: str) -> NoReturn:
@@ -54,15 +54,23 @@ def bench(
             "exactly these budgets instead of its default sweep."
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Evaluation and timing batch size.")] = 64,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Evaluation and timing batch size [default: 64; 32 with --quick]."
+        ),
+    ] = None,
     limit: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Evaluate the first N test images [default: all; 256 with --quick]."
+            min=1, help="Evaluate the first N test images [default: all; 128 with --quick]."
         ),
     ] = None,
     quick: Annotated[
-        bool, typer.Option(help="CI-sized run: 256 images, one budget per method, 3 timed repeats.")
+        bool,
+        typer.Option(
+            help="CI-sized run: 128 images in batches of 32, one budget per method, 3 timed repeats."
+        ),
     ] = False,
     threads: Annotated[
         int | None,
@@ -113,6 +121,7 @@ def bench(
     except cfg.ConfigError as err:
         _fail(str(err))
     threads = threads or metrics.default_threads()
+    batch_size = batch_size or (QUICK_BATCH if quick else 64)
     try:
         check_file(db)  # a foreign or broken store fails now, before anything is loaded
     except StoreError as err:
