@@ -42,8 +42,8 @@ def bench(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated method names [default: every method of kind 'tokens', or "
-            "those named in --budgets]."
+            help="Comma-separated method names (default: every method of kind 'tokens', or "
+            "those named in --budgets)."
         ),
     ] = None,
     budgets: Annotated[
@@ -57,13 +57,13 @@ def bench(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Evaluation and timing batch size [default: 64; 32 with --quick]."
+            min=1, help="Evaluation and timing batch size (default: 64; 32 with --quick)."
         ),
     ] = None,
     limit: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Evaluate the first N test images [default: all; 128 with --quick]."
+            min=1, help="Evaluate the first N test images (default: all; 128 with --quick)."
         ),
     ] = None,
     quick: Annotated[
@@ -76,23 +76,23 @@ def bench(
         int | None,
         typer.Option(
             min=1,
-            help="torch threads, fixed for the whole run and recorded [default: the "
-            "CPUs available, at most torch's default].",
+            help="torch threads, fixed for the whole run and recorded (default: the "
+            "CPUs available, at most torch's default).",
         ),
     ] = None,
     repeats: Annotated[
         int | None,
-        typer.Option(min=1, help="Timed repeats per side [default: 10; 3 with --quick]."),
+        typer.Option(min=1, help="Timed repeats per side (default: 10; 3 with --quick)."),
     ] = None,
     warmup: Annotated[
         int | None,
-        typer.Option(min=0, help="Untimed warm-up calls per side [default: 2; 1 with --quick]."),
+        typer.Option(min=0, help="Untimed warm-up calls per side (default: 2; 1 with --quick)."),
     ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Folder with the Fashion-MNIST IDX .gz files [default: $TOKENREDUCE_DATA, "
-            "then /usr/share/datasets/fashion-mnist]."
+            help="Folder with the Fashion-MNIST IDX .gz files (default: $TOKENREDUCE_DATA, "
+            "then /usr/share/datasets/fashion-mnist)."
         ),
     ] = None,
     db: Annotated[Path, typer.Option(help="SQLite results store.")] = DEFAULT_DB,
