@@ -236,3 +236,23 @@ def test_foreign_database_left_untouched(tmp_path, tiny_ckpt, idx_dir):
     result = invoke("report", "--db", str(db), "--out", str(tmp_path / "r.html"))
     assert result.exit_code == 2 and db.read_bytes() == before
     assert not (tmp_path / "r.html").exists()
+
+
+def test_help_lists_the_options():
+    result = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in (
+        "--model",
+        "--methods",
+        "--budgets",
+        "--batch-size",
+        "--limit",
+        "--quick",
+        "--threads",
+        "--repeats",
+        "--db",
+        "--out",
+        "--fresh",
+        "default: 64",
+    ):
+        assert option in result.output, option
