@@ -178,7 +178,7 @@ def test_non_kv_method_kind_is_refused(tmp_path, tiny_ckpt, idx_dir):
         "--methods",
         others[0],
     )
-    assert result.exit_code == 2 and "vision token methods" in result.output
+    assert result.exit_code == 2 and "methods of kind 'tokens'" in result.output
 
 
 def test_models_that_cannot_be_benchmarked(tmp_path, idx_dir):

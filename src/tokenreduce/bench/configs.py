@@ -57,9 +57,10 @@ def default_sweep(name: str, depth: int, quick: bool = False) -> list[str]:
     return [f"{name}:{p}".replace(" ", "") for p in ([one] if quick else full)]
 
 
-def token_methods() -> list[str]:
-    """Registered methods that reduce the hidden-state sequence (kind ``"tokens"``)."""
-    return [n for n in methods.available() if methods.get(n).kind == "tokens"]
+def token_methods(kind: str = "tokens") -> list[str]:
+    """Registered methods of ``kind``: ``"tokens"`` reduce the hidden-state sequence (the
+    vision methods), ``"kv_cache"`` the cache of a language model."""
+    return [n for n in methods.available() if methods.get(n).kind == kind]
 
 
 def split_specs(values: Iterable[str]) -> list[str]:
@@ -104,16 +105,18 @@ def resolve(
     budgets: Iterable[str] = (),
     depth: int = 12,
     quick: bool = False,
+    kind: str = "tokens",
 ) -> list[str]:
     """The configurations of a sweep, baseline first, duplicates removed.
 
     Args:
         method_names: comma-separated method names, or None for every registered method of
-            kind ``"tokens"`` (or, when ``budgets`` are given, the methods they name).
+            ``kind`` (or, when ``budgets`` are given, the methods they name).
         budgets: explicit specs (``tome:r=8``); a method named here runs exactly these
             budgets instead of its default sweep.
         depth: number of blocks of the model (default sweeps place layers by depth).
         quick: one budget per method for methods without explicit budgets.
+        kind: the method kind the task measures (``"tokens"`` for vision tasks).
     """
     explicit: dict[str, list[str]] = {}
     for spec in split_specs(budgets):
@@ -121,8 +124,8 @@ def resolve(
         explicit.setdefault(name, []).append(canonical(spec))
     names = _parse_method_names(method_names)
     if names is None:
-        names = list(explicit) if explicit else token_methods()
-    allowed = token_methods()
+        names = list(explicit) if explicit else token_methods(kind)
+    allowed = token_methods(kind)
     for name in [*names, *explicit]:
         if name not in methods.available():
             raise ConfigError(
@@ -131,7 +134,7 @@ def resolve(
         if name not in allowed:
             raise ConfigError(
                 f"method {name!r} is of kind {methods.get(name).kind!r}; this benchmark runs "
-                f"vision token methods: {', '.join(allowed)}"
+                f"methods of kind {kind!r}: {', '.join(allowed)}"
             )
     missing = sorted(set(explicit) - set(names))
     if missing:
