@@ -57,14 +57,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds")
     ap.add_argument("--batch", type=int, default=4, help="images per timed forward")
     ap.add_argument("--markdown", type=Path, help="write the table here too")
+    ap.add_argument("--budgets", type=float, nargs="*", default=list(BUDGETS))
+    ap.add_argument("--methods", nargs="*", help="only these rows (names as in the table)")
     args = ap.parse_args()
 
     model, processor = load_dinov2(args.threads)
     x = photos(processor)
     base_cls, base_patch = dense_features(model, x)
     rows: list[tuple[str, float, tuple]] = []
-    for f in BUDGETS:
+    for f in args.budgets:
         for name, spec in configs(f).items():
+            if args.methods and name not in args.methods:
+                continue
             with tokenreduce.patch(model, spec) as handle:
                 cls, patch = dense_features(model, x, handle)
                 gflops = handle.gflops()
@@ -93,7 +97,8 @@ def main() -> None:
                 times[key].append(time_forward(model, xb))
         print(f"timing round {r + 1}/{args.repeats} done", flush=True)
     base_t = statistics.median(times[None])
-    with tokenreduce.patch(model, "tome:r=0") as h:
+    with tokenreduce.patch(model, "tome:r=0") as h, torch.inference_mode():
+        model(x[:1])  # the cost at this input size (the config's is 518 px for DINOv2)
         base_gflops = h.baseline_gflops()
 
     lines = [
