@@ -47,6 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=12)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--mlp-ratio", type=float, default=4.0)
+    p.add_argument(
+        "--conv-stem",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("C1", "C2"),
+        help="add a convolutional branch with these channels to the patch embedding",
+    )
     p.add_argument("--low-size", type=int, default=56, help="input size of the first phase")
     p.add_argument(
         "--patch-drop", type=float, default=0.75, help="patch tokens dropped in the first phase"
@@ -160,7 +168,11 @@ def grow(model: nn.Module, arch: dict, size: int, **build_kw) -> nn.Module:
         state["pos_embed"] = resample_abs_pos_embed(
             state["pos_embed"], new_size=list(grid), num_prefix_tokens=big.num_prefix_tokens
         )
-    big.load_state_dict(state)
+    missing, unexpected = big.load_state_dict(state, strict=False)
+    # Only a newly added convolutional branch may be absent from the source weights.
+    missing = [k for k in missing if not k.startswith("patch_embed.local.")]
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
     return big
 
 
@@ -299,10 +311,15 @@ def main(argv: list[str] | None = None) -> None:
         "num_heads": args.heads,
         "mlp_ratio": args.mlp_ratio,
     }
+    if args.conv_stem:
+        arch["conv_stem"] = list(args.conv_stem)
     init = None
     if args.init is not None:
         init = fmnist_vit.load(args.init).train()
         arch = {**fmnist_vit.read_metadata(args.init)["arch"], "img_size": 56}
+        if args.conv_stem and not arch.get("conv_stem"):  # add a branch that starts at zero
+            arch["conv_stem"] = list(args.conv_stem)
+            init = grow(init, arch, 56).train()
     train_x, train_y = fashion_mnist("train", args.data)
     test_x, test_y = fashion_mnist("test", args.data)
     if args.limit:

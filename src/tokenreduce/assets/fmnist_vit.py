@@ -32,12 +32,65 @@ DEFAULT_ARCH: dict[str, Any] = {
 }
 
 
+def _conv_patch_embed_class() -> type:
+    from timm.layers import PatchEmbed
+
+    class ConvPatchEmbed(PatchEmbed):
+        """timm's linear patch embedding plus a small convolutional branch added to it.
+
+        Each token then also sees a few pixels around its patch (receptive field 9x9 for
+        4x4 patches), which makes a small ViT learn much faster on little data (Xiao et al.,
+        *Early Convolutions Help Transformers See Better*, NeurIPS 2021). The branch's last
+        layer starts at zero, so a new branch leaves a trained model's outputs unchanged.
+        Tokens, grid and everything after the embedding are exactly a plain ViT's.
+        """
+
+        def __init__(self, *args: Any, stem_channels: tuple[int, int] = (16, 32), **kw: Any):
+            super().__init__(*args, **kw)
+            if (
+                not self.flatten
+                or self.patch_size[0] % 2
+                or self.patch_size[0] != self.patch_size[1]
+            ):
+                raise ValueError(
+                    "the convolutional branch needs flat output and even square patches"
+                )
+            c1, c2 = stem_channels
+            half = self.patch_size[0] // 2
+            in_chans = self.proj.in_channels
+            self.local = nn.Sequential(
+                nn.Conv2d(in_chans, c1, 5, 1, 2),
+                nn.GELU(),
+                nn.Conv2d(c1, c2, 3, 2, 1),
+                nn.GELU(),
+                nn.Conv2d(c2, self.proj.out_channels, half, half),
+            )
+            nn.init.zeros_(self.local[-1].weight)
+            nn.init.zeros_(self.local[-1].bias)
+
+        def forward(self, x):
+            local = self.local(x).flatten(2).transpose(1, 2)
+            return super().forward(x) + local
+
+    return ConvPatchEmbed
+
+
 def build(arch: dict[str, Any] | None = None, **overrides: Any) -> nn.Module:
-    """An untrained model of the demo architecture, with its ``pretrained_cfg`` set."""
+    """An untrained model of the demo architecture, with its ``pretrained_cfg`` set.
+
+    ``arch`` holds ``VisionTransformer`` arguments, plus ``conv_stem``: ``[c1, c2]`` channel
+    counts of a convolutional branch added to the patch embedding (absent or null: none).
+    """
+    from functools import partial
+
     from timm.models.vision_transformer import VisionTransformer
 
     cfg = {**DEFAULT_ARCH, **(arch or {}), **overrides}
-    model = VisionTransformer(class_token=True, global_pool="token", **cfg)
+    vit_args = {k: v for k, v in cfg.items() if k != "conv_stem"}
+    if cfg.get("conv_stem"):
+        embed = partial(_conv_patch_embed_class(), stem_channels=tuple(cfg["conv_stem"]))
+        vit_args["embed_layer"] = embed
+    model = VisionTransformer(class_token=True, global_pool="token", **vit_args)
     size = cfg["img_size"]
     model.pretrained_cfg = {
         "architecture": "vit_fmnist_patch4_56",
