@@ -26,8 +26,15 @@ FILLER = (
 )
 
 
-def test_compressed_cache_keeps_the_answer():
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_compressed_cache_keeps_the_answer(two_threads):
     model, tok = tokenreduce.assets.load("smollm2")
     text = FILLER * 4 + "The secret number is 4817. " + FILLER * 4
     messages = [
