@@ -7,8 +7,9 @@ In order:
    The architecture comes from, in order:
 
    * the file's safetensors metadata ``arch``: JSON keyword arguments of timm's
-     ``VisionTransformer`` (the format of the bundled checkpoint; class token and
-     ``global_pool="token"`` as in the demo model). Optional metadata ``pretrained_cfg``
+     ``VisionTransformer`` (the format of the bundled checkpoint, read by
+     ``tokenreduce.assets.fmnist_vit.build``: class token, ``global_pool="token"``, and an
+     optional ``conv_stem`` as in the demo model). Optional metadata ``pretrained_cfg``
      (JSON) overrides the input size, mean and std;
    * a ``config.json`` beside the weights, in timm's Hugging Face Hub layout:
      ``{"architecture": "vit_small_patch16_224", "num_classes": 10, "model_args": {...},
