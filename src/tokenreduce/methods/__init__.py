@@ -1,7 +1,7 @@
 """Token reduction methods: one small dataclass per named method, registered by name.
 
 >>> from tokenreduce import methods
->>> methods.available()
+>>> [n for n in methods.available() if methods.get(n).kind == "tokens"]
 ['evit', 'pool', 'random', 'tome', 'topk']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
