@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import statistics
 import sys
@@ -133,7 +134,7 @@ def prepare(model, images, specs, args) -> tuple[list[Result], list[str]]:
             )
         if res.oracle is not None:
             with tokenreduce.patch(model, res.oracle) as oh:
-                for _ in range(args.warmup):
+                for _ in range(max(args.warmup, 1)):
                     model(images)
                 if oh.trace.mlp_tokens != trace.mlp_tokens:
                     raise RuntimeError(f"oracle token counts differ from {spec}'s")
@@ -144,6 +145,8 @@ def prepare(model, images, specs, args) -> tuple[list[Result], list[str]]:
 def run(args: argparse.Namespace) -> tuple[list[float], list[Result], list[str]]:
     """Measure; returns the baseline times, one result per config, and skipped specs."""
     import timm
+
+    args.load = [os.getloadavg()[0]]
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -179,6 +182,7 @@ def run(args: argparse.Namespace) -> tuple[list[float], list[Result], list[str]]
                     f"{', '.join(f'{b:.3f}' for b in round_base)} s",
                     file=sys.stderr,
                 )
+    args.load.append(os.getloadavg()[0])
     return baseline, results, skipped
 
 
@@ -248,7 +252,8 @@ def markdown(args, baseline: list[float], table: list[list[str]], skipped: list[
         f"torch {torch.__version__}, CPU {cpu_model()}; median of {args.repeats} rounds after "
         f"{args.warmup} warm-up forwards; baseline measured {len(baseline)} times: median "
         f"{med:.3f} s, min {min(baseline):.3f} s, max {max(baseline):.3f} s "
-        f"(spread {spread:.1%}).",
+        f"(spread {spread:.1%}); 1-minute load average {args.load[0]:.2f} at the start, "
+        f"{args.load[1]:.2f} at the end.",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|",
