@@ -70,6 +70,7 @@ def test_quick_bench_end_to_end(tmp_path, tiny_ckpt, idx_dir):
         assert m["flop_ratio"] == pytest.approx(base["gflops"] / m["gflops"])
         assert m["top1_delta"] == pytest.approx(m["top1"] - base["top1"])
         assert m["throughput"] > 0 and m["peak_mem_mb"] > 0 and m["speedup"] > 0
+        assert m["throughput_scaled"] == pytest.approx(m["speedup"] * base["throughput"])
     if real is not None:
         assert base["top1"] > 80  # the demo model really classifies the real test images
     html = out.read_text()

@@ -53,6 +53,7 @@ def _fill(db: Path) -> None:
                 "gflops": gflops,
                 "flop_ratio": 1 / gflops,
                 "throughput": 100 * speed,
+                "throughput_scaled": 100 * speed,
                 "speedup": speed,
                 "speedup_per_flop": speed * gflops,
                 "peak_mem_mb": 3.0,
