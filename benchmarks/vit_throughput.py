@@ -18,6 +18,10 @@ Columns:
   machine gives for those FLOPs; method speedup / ceiling is the share of it the method's
   own work (scoring, merging, bookkeeping) leaves. Skip it with ``--no-oracle``.
 
+On a machine shared with other jobs, elapsed time with 2 threads also measures how often
+the scheduler makes one thread wait for the other at every parallel op; ``--threads 1
+--clock cpu`` (this process's CPU time) is the contention-robust variant.
+
 Run: ``.venv/bin/python benchmarks/vit_throughput.py --markdown vit_throughput.md``
 """
 
@@ -100,10 +104,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: "wall": elapsed time. "cpu": this process's CPU time, which leaves out the time the
+#: scheduler gives to other processes; meaningful with --threads 1 only (with more threads
+#: it also counts threads spinning at barriers)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
 def time_forward(model: torch.nn.Module, images: torch.Tensor) -> float:
-    start = time.perf_counter()
+    start = clock()
     model(images)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def time_patched(model: torch.nn.Module, method, images: torch.Tensor) -> float:
@@ -146,6 +157,8 @@ def run(args: argparse.Namespace) -> tuple[list[float], list[Result], list[str]]
     """Measure; returns the baseline times, one result per config, and skipped specs."""
     import timm
 
+    global clock
+    clock = CLOCKS[args.clock]
     args.load = [os.getloadavg()[0]]
 
     torch.set_num_threads(args.threads)
@@ -249,6 +262,7 @@ def markdown(args, baseline: list[float], table: list[list[str]], skipped: list[
     spread = (max(baseline) - min(baseline)) / med
     lines = [
         f"{args.model}, random weights, batch {args.batch}, {args.threads} threads, "
+        f"{args.clock} clock, "
         f"torch {torch.__version__}, CPU {cpu_model()}; median of {args.repeats} rounds after "
         f"{args.warmup} warm-up forwards; baseline measured {len(baseline)} times: median "
         f"{med:.3f} s, min {min(baseline):.3f} s, max {max(baseline):.3f} s "
@@ -299,6 +313,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         metavar="SPEC",
         help="method specs such as 'tome:r=13' (default: every registered method at a few budgets)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: process CPU time, robust to other processes on a "
+        "shared machine (use with --threads 1)",
     )
     p.add_argument(
         "--no-oracle",
