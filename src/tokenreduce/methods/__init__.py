@@ -7,8 +7,21 @@
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
 """
 
-from . import evit, pool, random, tome, topk  # noqa: F401  (registration)
-from . import fastv, h2o, knorm, kv_random, pyramidkv, snapkv, streamingllm, tova  # noqa: F401,I001
+from . import (  # noqa: F401  (registration)  # noqa: F401,I001
+    evit,
+    fastv,
+    h2o,
+    knorm,
+    kv_random,
+    pool,
+    pyramidkv,
+    random,
+    snapkv,
+    streamingllm,
+    tome,
+    topk,
+    tova,
+)
 from .base import InvalidParameter, Method, available, build, describe, get, parse_spec, register
 
 __all__ = [
