@@ -21,7 +21,6 @@ app = typer.Typer(
 
 DEFAULT_DB = Path("results/tokenreduce.db")
 DEFAULT_OUT = Path("results/report.html")
-QUICK_LIMIT, QUICK_BATCH, QUICK_REPEATS, QUICK_WARMUP = 128, 32, 3, 1
 
 
 def _fail(message: str) -> NoReturn:
@@ -29,20 +28,32 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _task_help() -> str:
+    from .bench.tasks import TASKS
+
+    listed = "; ".join(f"{n}: {c.description}" for n, c in TASKS.items())
+    return (
+        "What to measure (default: classification for an image classifier, fidelity for a "
+        f"vision backbone, niah for a language model). Tasks: {listed}."
+    )
+
+
 @app.command()
 def bench(
     model: Annotated[
         str,
         typer.Option(
-            help="Bundled asset name, local checkpoint (.safetensors file or folder with "
-            "model.safetensors; architecture from its 'arch' metadata or a config.json "
-            "beside it) or timm model name with cached pretrained weights."
+            help="Bundled asset name (fmnist-vit, dinov2-small, smollm2, gemma3-270m), local "
+            "checkpoint (.safetensors file or folder with model.safetensors; architecture "
+            "from its 'arch' metadata or a config.json beside it), local Hugging Face folder, "
+            "or timm model name with cached pretrained weights."
         ),
     ] = "fmnist-vit",
+    task: Annotated[str | None, typer.Option(help=_task_help())] = None,
     methods: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated method names (default: every method of kind 'tokens', or "
+            help="Comma-separated method names (default: every method the task sweeps, or "
             "those named in --budgets)."
         ),
     ] = None,
@@ -56,20 +67,17 @@ def bench(
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(
-            min=1, help="Evaluation and timing batch size (default: 64; 32 with --quick)."
-        ),
+        typer.Option(min=1, help="Evaluation and timing batch size (default: the task's)."),
     ] = None,
     limit: Annotated[
         int | None,
-        typer.Option(
-            min=1, help="Evaluate the first N test images (default: all; 128 with --quick)."
-        ),
+        typer.Option(min=1, help="Evaluate the first N samples (default: the task's all)."),
     ] = None,
     quick: Annotated[
         bool,
         typer.Option(
-            help="CI-sized run: 128 images in batches of 32, one budget per method, 3 timed repeats."
+            help="CI-sized run: few samples, one budget per method, 3 timed repeats "
+            "(classification: 128 images in batches of 32)."
         ),
     ] = False,
     threads: Annotated[
@@ -82,17 +90,25 @@ def bench(
     ] = None,
     repeats: Annotated[
         int | None,
-        typer.Option(min=1, help="Timed repeats per side (default: 10; 3 with --quick)."),
+        typer.Option(min=1, help="Timed repeats per side (default: the task's)."),
     ] = None,
     warmup: Annotated[
         int | None,
-        typer.Option(min=0, help="Untimed warm-up calls per side (default: 2; 1 with --quick)."),
+        typer.Option(min=0, help="Untimed warm-up calls per side (default: the task's)."),
+    ] = None,
+    context: Annotated[
+        list[int] | None,
+        typer.Option(
+            min=16,
+            help="Context length in tokens for language-model tasks (repeatable; default: "
+            "the task's).",
+        ),
     ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Folder with the Fashion-MNIST IDX .gz files (default: $TOKENREDUCE_DATA, "
-            "then /usr/share/datasets/fashion-mnist)."
+            help="Data the task reads: for classification the folder with the Fashion-MNIST "
+            "IDX .gz files (default: $TOKENREDUCE_DATA, then /usr/share/datasets/fashion-mnist)."
         ),
     ] = None,
     db: Annotated[Path, typer.Option(help="SQLite results store.")] = DEFAULT_DB,
@@ -104,24 +120,25 @@ def bench(
         ),
     ] = False,
     pictures: Annotated[
-        bool, typer.Option(help="Store token-map pictures of a few test images for the report.")
+        bool, typer.Option(help="Store token-map pictures of a few samples for the report.")
     ] = True,
 ) -> None:
-    """Measure top-1, GFLOPs, throughput, speedup and peak memory of every vision token
-    reduction method at several budgets, plus the unreduced baseline, into the results store;
-    then print a table and write the HTML report."""
+    """Measure every token reduction method the task sweeps, at several budgets, plus the
+    unreduced baseline, into the results store; then print a table and write the HTML
+    report. On an image classifier: top-1, GFLOPs, throughput, speedup, peak memory."""
     from .bench import configs as cfg
     from .bench import metrics, runner
+    from .bench import tasks as tasks_mod
     from .bench.models import ModelError
     from .bench.models import load as load_model
     from .bench.store import Store, StoreError, check_file
 
     try:  # names and budgets first: a typo should not wait for a model to load
-        cfg.resolve(methods, budgets or (), quick=quick)
-    except cfg.ConfigError as err:
+        kinds = tasks_mod.get(task).method_kinds if task else None
+        cfg.resolve(methods, budgets or (), quick=quick, kind=kinds or _all_kinds())
+    except (cfg.ConfigError, ValueError) as err:
         _fail(str(err))
     threads = threads or metrics.default_threads()
-    batch_size = batch_size or (QUICK_BATCH if quick else 64)
     try:
         check_file(db)  # a foreign or broken store fails now, before anything is loaded
     except StoreError as err:
@@ -130,18 +147,28 @@ def bench(
         loaded = load_model(model)
     except ModelError as err:
         _fail(str(err))
+    task_cls = tasks_mod.get(task or loaded.default_task)
+    _check_model_kind(task_cls, loaded, model)
     try:
-        configs = cfg.resolve(methods, budgets or (), depth=_depth(loaded.model), quick=quick)
-        runner.check_configs(loaded.model, configs)
-        task = _classification_task(
-            loaded.model,
-            data,
-            limit or (QUICK_LIMIT if quick else None),
-            batch_size,
-            threads,
-            repeats or (QUICK_REPEATS if quick else 10),
-            QUICK_WARMUP if warmup is None and quick else (2 if warmup is None else warmup),
+        configs = cfg.resolve(
+            methods,
+            budgets or (),
+            depth=_depth(loaded.model),
+            quick=quick,
+            kind=task_cls.method_kinds,
         )
+        runner.check_configs(loaded.model, configs)
+        options = tasks_mod.Options(
+            threads=threads,
+            limit=limit,
+            batch_size=batch_size,
+            repeats=repeats,
+            warmup=warmup,
+            quick=quick,
+            data=data,
+            context=tuple(context or ()),
+        )
+        measured = task_cls.from_options(loaded, options)
     except (cfg.ConfigError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     try:
@@ -149,16 +176,18 @@ def bench(
     except StoreError as err:
         _fail(str(err))
     with store:
-        options = {
+        recorded = {
             "model": model,
+            "task": task_cls.name,
             "methods": methods,
             "budgets": budgets,
             "batch_size": batch_size,
             "limit": limit,
             "quick": quick,
             "threads": threads,
-            "repeats": task.repeats,
-            "warmup": task.warmup,
+            "repeats": repeats,
+            "warmup": warmup,
+            "context": context,
             "fresh": fresh,
         }
         from .bench.progress import RichListener
@@ -168,7 +197,7 @@ def bench(
             with listener:
                 sweep = runner.run_sweep(
                     store,
-                    task,
+                    measured,
                     loaded.model,
                     loaded.key,
                     configs,
@@ -176,7 +205,7 @@ def bench(
                     fresh=fresh,
                     pictures=pictures,
                     command=_command_line(),
-                    options=options,
+                    options=recorded,
                     listener=listener,
                 )
         except KeyboardInterrupt:
@@ -196,6 +225,27 @@ def bench(
         typer.echo(
             f"{len(sweep.measured)} measured, {len(sweep.skipped)} already stored "
             f"(resumed); results in {db}; report: {path}"
+        )
+
+
+def _all_kinds() -> tuple[str, ...]:
+    """Before the model is loaded and the task known, every method kind is accepted, so
+    that only unknown names and invalid budgets fail this early."""
+    from .methods import available, get
+
+    return tuple({get(n).kind for n in available()})
+
+
+def _check_model_kind(task_cls, loaded, spec: str) -> None:
+    need = task_cls.model_kind
+    if need == "lm" and loaded.kind != "lm":
+        _fail(f"task {task_cls.name!r} needs a language model; --model {spec!r} is a vision model")
+    if need in ("vision", "classifier") and loaded.kind != "vision":
+        _fail(f"task {task_cls.name!r} needs a vision model; --model {spec!r} is a language model")
+    if need == "classifier" and not loaded.is_classifier:
+        _fail(
+            f"task {task_cls.name!r} needs an image classifier; --model {spec!r} has no "
+            "classification head (try --task fidelity)"
         )
 
 
@@ -233,41 +283,16 @@ def report_cmd(
 
 # -- helpers ---------------------------------------------------------------------------------
 def _depth(model: Any) -> int:
+    """Number of blocks (default sweeps place their layers by depth)."""
     blocks = getattr(model, "blocks", None)
-    return len(blocks) if blocks is not None else 12
-
-
-def _classification_task(model, data, limit, batch_size, threads, repeats, warmup):
-    from .bench.tasks.classification import ImageClassification
-    from .data import LABELS, fashion_mnist
-
-    images, labels = fashion_mnist("test", path=data)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    task = ImageClassification(
-        images,
-        labels,
-        "fashion-mnist:test",
-        num_classes=len(LABELS),
-        batch_size=batch_size,
-        threads=threads,
-        repeats=repeats,
-        warmup=warmup,
-        picture_indices=_picture_indices(labels),
-    )
-    task.check_model(model)
-    return task
-
-
-def _picture_indices(labels, count: int = 4) -> tuple[int, ...]:
-    """The first image of each of ``count`` different classes."""
-    seen: dict[int, int] = {}
-    for i, y in enumerate(labels.tolist()):
-        if y not in seen:
-            seen[y] = i
-        if len(seen) == count:
-            break
-    return tuple(sorted(seen.values()))
+    if blocks is not None:
+        return len(blocks)
+    config = getattr(model, "config", None)
+    for c in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+        n = getattr(c, "num_hidden_layers", None)
+        if isinstance(n, int):
+            return n
+    return 12
 
 
 def _print_group(store, group, configs: list[str]) -> None:

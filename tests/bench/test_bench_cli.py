@@ -254,6 +254,8 @@ def test_help_lists_the_options():
         "--db",
         "--out",
         "--fresh",
-        "default: 64",
+        "--task",
+        "--context",
+        "classification",
     ):
         assert option in result.output, option

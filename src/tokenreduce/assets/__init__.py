@@ -56,7 +56,7 @@ def _fmnist_vit(file: str | None = None) -> Any:
     return fmnist_vit.load(file)
 
 
-from . import llm as _llm  # noqa: E402,F401  (registers "smollm2", "gemma3-270m")
 from . import dinov2 as _dinov2  # noqa: E402,F401  (registers "dinov2-small")
+from . import llm as _llm  # noqa: E402,F401  (registers "smollm2", "gemma3-270m")
 
 __all__ = ["available", "describe", "load", "register"]

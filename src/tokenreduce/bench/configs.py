@@ -52,15 +52,23 @@ def default_sweep(name: str, depth: int, quick: bool = False) -> list[str]:
         ),
     }
     if name not in sweeps:
-        return [name]
+        method = methods.get(name)
+        values = getattr(method, "budget_sweep", ())
+        if not values:
+            return [name]
+        param = method.budget_param
+        full_specs = [f"{param}={v}" for v in values]
+        sweeps[name] = (full_specs, full_specs[len(full_specs) // 2])
     full, one = sweeps[name]
     return [f"{name}:{p}".replace(" ", "") for p in ([one] if quick else full)]
 
 
-def token_methods(kind: str = "tokens") -> list[str]:
-    """Registered methods of ``kind``: ``"tokens"`` reduce the hidden-state sequence (the
-    vision methods), ``"kv_cache"`` the cache of a language model."""
-    return [n for n in methods.available() if methods.get(n).kind == kind]
+def token_methods(kind: str | tuple[str, ...] = "tokens") -> list[str]:
+    """Registered methods of ``kind`` (one kind or several): ``"tokens"`` reduce the
+    hidden-state sequence (the vision methods), ``"kv_cache"`` the cache of a language model,
+    ``"prefill"`` the prompt inside a language model."""
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    return [n for n in methods.available() if methods.get(n).kind in kinds]
 
 
 def split_specs(values: Iterable[str]) -> list[str]:
@@ -105,7 +113,7 @@ def resolve(
     budgets: Iterable[str] = (),
     depth: int = 12,
     quick: bool = False,
-    kind: str = "tokens",
+    kind: str | tuple[str, ...] = "tokens",
 ) -> list[str]:
     """The configurations of a sweep, baseline first, duplicates removed.
 
@@ -116,7 +124,7 @@ def resolve(
             budgets instead of its default sweep.
         depth: number of blocks of the model (default sweeps place layers by depth).
         quick: one budget per method for methods without explicit budgets.
-        kind: the method kind the task measures (``"tokens"`` for vision tasks).
+        kind: the method kind or kinds the task measures (``"tokens"`` for vision tasks).
     """
     explicit: dict[str, list[str]] = {}
     for spec in split_specs(budgets):
@@ -126,6 +134,7 @@ def resolve(
     if names is None:
         names = list(explicit) if explicit else token_methods(kind)
     allowed = token_methods(kind)
+    kinds = " or ".join(repr(k) for k in ((kind,) if isinstance(kind, str) else kind))
     for name in [*names, *explicit]:
         if name not in methods.available():
             raise ConfigError(
@@ -134,7 +143,7 @@ def resolve(
         if name not in allowed:
             raise ConfigError(
                 f"method {name!r} is of kind {methods.get(name).kind!r}; this benchmark runs "
-                f"methods of kind {kind!r}: {', '.join(allowed)}"
+                f"methods of kind {kinds}: {', '.join(allowed)}"
             )
     missing = sorted(set(explicit) - set(names))
     if missing:

@@ -15,12 +15,15 @@ In order:
      ``{"architecture": "vit_small_patch16_224", "num_classes": 10, "model_args": {...},
      "pretrained_cfg": {"input_size": [3, 224, 224], "mean": [...], "std": [...]}}``;
    * or a sidecar ``<file>.json`` next to a single ``.safetensors`` file, same layout;
-3. a timm model name, created with its pretrained weights (``timm.create_model(name,
+3. a local Hugging Face folder (``config.json`` with a ``model_type``): a causal language
+   model (``...ForCausalLM``) is loaded with its tokenizer, any other model with
+   ``transformers.AutoModel`` (a vision backbone such as DINOv2);
+4. a timm model name, created with its pretrained weights (``timm.create_model(name,
    pretrained=True)``; ``hf-hub:owner/repo`` names included). Weights come from the local
    cache; nothing is downloaded when the machine is offline, and a missing cache is an error.
 
 Whatever the source, the model must be one that ``tokenreduce.patch`` supports; this is
-checked before any weights are read.
+checked before any weights are read where the architecture is known first.
 """
 
 from __future__ import annotations
@@ -43,11 +46,35 @@ class ModelError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """A model ready to benchmark: eval mode, with a display name and a weight hash."""
+    """A model ready to benchmark: eval mode, with a display name and a weight hash.
+
+    ``kind`` is ``"lm"`` for a decoder language model (``tokenizer`` set) and ``"vision"``
+    otherwise (``processor``: the Hugging Face image processor, when the source has one).
+    """
 
     model: nn.Module
     name: str
-    source: str  # "asset", "checkpoint" or "timm"
+    source: str  # "asset", "checkpoint", "hf" or "timm"
+    kind: str = "vision"
+    tokenizer: Any = None
+    processor: Any = None
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether the model ends in a classification head (timm ``num_classes`` > 0, or a
+        Hugging Face ``...ForImageClassification``)."""
+        if self.kind != "vision":
+            return False
+        if hasattr(self.model, "num_classes"):
+            return int(self.model.num_classes) > 0
+        return type(self.model).__name__.endswith("ForImageClassification")
+
+    @property
+    def default_task(self) -> str:
+        """The task ``tokenreduce bench`` runs when ``--task`` is not given."""
+        if self.kind == "lm":
+            return "niah"
+        return "classification" if self.is_classifier else "fidelity"
 
     @property
     def key(self) -> str:
@@ -62,22 +89,69 @@ def load(spec: str) -> LoadedModel:
     if not spec or not spec.strip():
         raise ModelError("--model is empty; give an asset name, a checkpoint path or a timm name")
     if spec in assets.available():
-        model = assets.load(spec)
-        check_supported(model, spec)
-        return LoadedModel(model.eval(), spec, "asset")
+        loaded = assets.load(spec)
+        model, extra = loaded if isinstance(loaded, tuple) else (loaded, None)
+        return _loaded(model.eval(), spec, "asset", extra)
     path = Path(spec).expanduser()
+    if path.is_dir() and _hf_config(path) is not None:
+        return _load_hf_folder(path)
     if path.exists():
         return LoadedModel(_load_checkpoint(path).eval(), path.stem, "checkpoint")
     return LoadedModel(_load_timm(spec).eval(), spec, "timm")
 
 
-def check_supported(model: nn.Module, what: str) -> None:
-    """Raise :class:`ModelError` unless ``tokenreduce.patch`` accepts ``model`` (a zero-budget
-    patch is applied and removed; it runs nothing, so a model on the meta device works)."""
+def _loaded(model: nn.Module, name: str, source: str, extra: Any) -> LoadedModel:
+    """A checked :class:`LoadedModel`; ``extra`` is the tokenizer of a language model or
+    the image processor of a vision model."""
+    kind = check_supported(model, name)
+    if kind == "lm":
+        return LoadedModel(model, name, source, kind, tokenizer=extra)
+    return LoadedModel(model, name, source, kind, processor=extra)
+
+
+def check_supported(model: nn.Module, what: str) -> str:
+    """Raise :class:`ModelError` unless ``tokenreduce.patch`` accepts ``model``; return its
+    kind, ``"lm"`` or ``"vision"``. A vision model gets a zero-budget patch applied and
+    removed; it runs nothing, so a model on the meta device works."""
+    from ..adapters import find_adapter
+    from ..adapters.hf_decoder import HFDecoderAdapter
+
     try:
+        if find_adapter(model) is HFDecoderAdapter:
+            return "lm"
         tokenreduce.patch(model, "tome:r=0").remove()
     except TypeError as err:
         raise ModelError(f"--model {what!r} cannot be benchmarked: {err}") from None
+    return "vision"
+
+
+def _hf_config(folder: Path) -> dict[str, Any] | None:
+    """The folder's Hugging Face ``config.json`` (one with a ``model_type``), else None."""
+    file = folder / "config.json"
+    if not file.is_file():
+        return None
+    config = _json(file.read_text(), file, "the config")
+    return config if isinstance(config, dict) and "model_type" in config else None
+
+
+def _load_hf_folder(folder: Path) -> LoadedModel:
+    from ..assets.llm import load_lm
+
+    config = _hf_config(folder) or {}
+    try:
+        if any(a.endswith("ForCausalLM") for a in config.get("architectures") or ()):
+            model, tokenizer = load_lm(folder)
+            return _loaded(model, folder.name, "hf", tokenizer)
+        from transformers import AutoImageProcessor, AutoModel
+
+        model = AutoModel.from_pretrained(str(folder)).eval()
+        try:
+            processor = AutoImageProcessor.from_pretrained(str(folder))
+        except (OSError, ValueError):  # no preprocessor_config.json: the task decides
+            processor = None
+    except (OSError, ValueError) as err:
+        raise ModelError(f"--model {str(folder)!r}: cannot load it: {err}") from None
+    return _loaded(model, folder.name, "hf", processor)
 
 
 def weights_hash(model: nn.Module, length: int = 12) -> str:

@@ -11,10 +11,14 @@ module here writing to the same store and the same report.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
 
 #: called with (steps done, steps total) while a configuration is measured
 Progress = Callable[[int, int], None]
@@ -49,12 +53,46 @@ class Plot:
     x_higher_is_better: bool = True
 
 
+@dataclass(frozen=True)
+class Options:
+    """What ``tokenreduce bench`` passes to :meth:`Task.from_options`; ``None`` means the
+    task's own default (a task documents its defaults in its docstring).
+
+    ``limit``: evaluate the first N samples; ``batch_size``: evaluation and timing batch;
+    ``threads``: torch threads (fixed and recorded); ``repeats`` / ``warmup``: timed and
+    untimed calls per side; ``quick``: a CI-sized run; ``data``: a data folder or file the
+    task reads; ``context``: context lengths in tokens (language-model tasks).
+    """
+
+    threads: int = 1
+    limit: int | None = None
+    batch_size: int | None = None
+    repeats: int | None = None
+    warmup: int | None = None
+    quick: bool = False
+    data: Path | None = None
+    context: tuple[int, ...] = field(default_factory=tuple)
+
+
 class Task:
     """Base class of benchmark tasks."""
 
     name: ClassVar[str]
+    #: one line for ``tokenreduce bench --help`` and error messages
+    description: ClassVar[str] = ""
+    #: what the model must be: "classifier" (image classifier), "vision" (any patched vision
+    #: transformer, a backbone included) or "lm" (a decoder language model with a tokenizer)
+    model_kind: ClassVar[str] = "vision"
+    #: the method kinds (``Method.kind``) this task sweeps
+    method_kinds: ClassVar[tuple[str, ...]] = ("tokens",)
     columns: ClassVar[tuple[Column, ...]] = ()
     plots: ClassVar[tuple[Plot, ...]] = ()
+
+    @classmethod
+    def from_options(cls, loaded: LoadedModel, options: Options) -> Task:
+        """Build the task for ``loaded`` (the model, its tokenizer for an LM) from the
+        command line's options."""
+        raise NotImplementedError(f"task {cls.name!r} cannot be built from the command line")
 
     @property
     def data_id(self) -> str:
@@ -110,6 +148,26 @@ def task_class(name: str) -> type[Task] | None:
     return TASKS.get(name)
 
 
+def get(name: str) -> type[Task]:
+    """The registered task called ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in TASKS:
+        known = ", ".join(
+            f"{n} ({c.description})" if c.description else n for n, c in TASKS.items()
+        )
+        raise ValueError(f"unknown task {name!r}; available tasks: {known}")
+    return TASKS[name]
+
+
 from . import classification  # noqa: E402,F401  (registration)
 
-__all__ = ["TASKS", "Column", "Plot", "Progress", "Task", "register", "task_class"]
+__all__ = [
+    "TASKS",
+    "Column",
+    "Options",
+    "Plot",
+    "Progress",
+    "Task",
+    "get",
+    "register",
+    "task_class",
+]

@@ -23,7 +23,9 @@ import tokenreduce
 
 from ..configs import BASELINE
 from ..metrics import median, paired_times, peak_memory_mb, time_call
-from . import Column, Plot, Progress, Task, register
+from . import Column, Options, Plot, Progress, Task, register
+
+QUICK_LIMIT, QUICK_BATCH, QUICK_REPEATS, QUICK_WARMUP = 128, 32, 3, 1
 
 
 @register
@@ -44,6 +46,8 @@ class ImageClassification(Task):
     """
 
     name = "classification"
+    description = "Fashion-MNIST test top-1 against GFLOPs and throughput (image classifiers)"
+    model_kind = "classifier"
     columns = (
         Column("top1", "top-1 %", ".2f", True),
         Column("top1_delta", "Δ top-1", "+.2f", True),
@@ -105,6 +109,32 @@ class ImageClassification(Task):
         digest = hashlib.sha256(images.contiguous().numpy().tobytes())
         digest.update(labels.contiguous().numpy().tobytes())
         self._data_id = f"{data_name}[{len(images)}]#{digest.hexdigest()[:12]}"
+
+    @classmethod
+    def from_options(cls, loaded, options: Options) -> ImageClassification:
+        """The Fashion-MNIST test set (``options.data``, else ``$TOKENREDUCE_DATA``, else the
+        Debian location), all 10k images in batches of 64, 10 timed repeats after 2 warm-ups;
+        ``quick``: 128 images in batches of 32, 3 repeats after 1 warm-up."""
+        from ...data import LABELS, fashion_mnist
+
+        q = options.quick
+        images, labels = fashion_mnist("test", path=options.data)
+        limit = options.limit or (QUICK_LIMIT if q else None)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        task = cls(
+            images,
+            labels,
+            "fashion-mnist:test",
+            num_classes=len(LABELS),
+            batch_size=options.batch_size or (QUICK_BATCH if q else 64),
+            threads=options.threads,
+            repeats=options.repeats or (QUICK_REPEATS if q else 10),
+            warmup=options.warmup if options.warmup is not None else (QUICK_WARMUP if q else 2),
+            picture_indices=first_of_each_class(labels),
+        )
+        task.check_model(loaded.model)
+        return task
 
     @property
     def data_id(self) -> str:
@@ -269,3 +299,14 @@ def _unreduced_cost(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
         model(x)
         tokens = handle.trace.attn_tokens
         return handle.baseline_gflops(), sum(tokens) / len(tokens)
+
+
+def first_of_each_class(labels: torch.Tensor, count: int = 4) -> tuple[int, ...]:
+    """The indices of the first image of each of ``count`` different classes."""
+    seen: dict[int, int] = {}
+    for i, y in enumerate(labels.tolist()):
+        if y not in seen:
+            seen[y] = i
+        if len(seen) == count:
+            break
+    return tuple(sorted(seen.values()))
