@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ import torch
 
 import tokenreduce
 from tokenreduce import methods
+from tokenreduce.bench.metrics import cpu_model
 from tokenreduce.core import ModelInfo, PerLayer, Reduction, TokenContext
 from tokenreduce.methods import Method
 
@@ -91,17 +91,6 @@ def default_specs() -> list[str]:
             continue  # KV-cache and other non-sequence methods do not apply to a ViT
         specs.extend(DEFAULT_CONFIGS.get(name, [name]))
     return specs
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (falls back to the platform string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 #: "wall": elapsed time. "cpu": this process's CPU time, which leaves out the time the
