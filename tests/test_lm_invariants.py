@@ -281,18 +281,73 @@ DECODING = [n for n in KV_METHODS if methods.get(n).decodes]
 
 
 @pytest.mark.parametrize("name", DECODING)
-def test_decode_every_holds_the_budget(name, llama, batch):
+@pytest.mark.parametrize("budget", [{"cache_budget": 12}, {"compression_ratio": 0.5}])
+def test_decode_every_holds_the_budget(name, budget, llama, batch):
+    """Every layer holds its own budget (PyramidKV: its per-layer one) per sample."""
     ids, mask = batch
-    method = make(name, cache_budget=12, decode_every=4)
+    method = make(name, decode_every=4, **budget)
     with tokenreduce.patch(llama, method):
         out = llama.generate(
             ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
             pad_token_id=0, return_dict_in_generate=True,
         )  # fmt: skip
-    # 11 decoding forwards: reduced back to 12 after the 4th and 8th, then 3 more appended.
-    assert _cache_lengths(out.past_key_values) == [12 + 3, 12 + 3]
-    valid = out.past_key_values._tokenreduce_kv.layers[0].valid
-    assert valid.sum(-1).tolist() == [[15, 15]] * 3
+    # 11 decoding forwards: reduced back to the budget after the 4th and 8th, then 3 appended.
+    lengths = mask.sum(1).tolist()
+    cache = out.past_key_values
+    for layer in range(2):
+        hold = [method.decode_keep(layer, 2, n) for n in lengths]
+        assert hold == [method.layer_keep(layer, 2, n) for n in lengths]  # prompts >= budget
+        assert _cache_lengths(cache)[layer] == max(hold) + 3
+        valid = cache._tokenreduce_kv.layers[layer].valid
+        assert valid.sum(-1).tolist() == [[h + 3, h + 3] for h in hold]
+
+
+@pytest.mark.parametrize("name", DECODING)
+def test_decode_every_with_budget_of_full_length_changes_nothing(name, llama, batch):
+    """A budget above prompt plus generated tokens: every reduction while decoding runs (the
+    cache is re-gathered, masks rebuilt) but keeps all entries."""
+    ids, mask = batch
+    ref_tokens, ref_scores = _generate(llama, ids, mask, steps=8)
+    with tokenreduce.patch(llama, make(name, cache_budget=PROMPT + 8, decode_every=2)):
+        tokens, scores = _generate(llama, ids, mask, steps=8)
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_every_cache_budget_lets_a_short_prompt_grow_to_it(llama, batch):
+    ids = batch[0][:1, :20]
+    with tokenreduce.patch(llama, make("snapkv", cache_budget=24, decode_every=1)):
+        out = llama.generate(
+            ids, max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0,
+            return_dict_in_generate=True,
+        )  # fmt: skip
+    # 20 prompt entries, 9 decoding forwards: grows to 24, then held there (24 + 1 appended
+    # by the forward that produced the last token, reduced at once).
+    assert _cache_lengths(out.past_key_values) == [24, 24]
+
+
+def test_h2o_accumulates_attention_while_decoding(llama, batch):
+    """With nothing evicted, each entry's running total equals the attention it received from
+    every query of the whole sequence (prompt and generated), computed by eager attention."""
+    ids = batch[0][:1, :24]
+    with tokenreduce.patch(llama, make("h2o", cache_budget=64, decode_every=3)):
+        out = llama.generate(
+            ids, max_new_tokens=7, min_new_tokens=7, do_sample=False, pad_token_id=0,
+            return_dict_in_generate=True,
+        )  # fmt: skip
+    state = out.past_key_values._tokenreduce_kv
+    seq = out.sequences[:, :-1]  # the last token was never fed
+    eager = _llama()
+    eager.config._attn_implementation = "eager"
+    for layer in eager.model.layers:
+        layer.self_attn.config._attn_implementation = "eager"
+    attn = eager(seq, output_attentions=True).attentions
+    for i, probs in enumerate(attn):
+        want = probs.sum(2).view(1, 2, 2, seq.shape[1]).mean(2)  # (B, Hkv, T)
+        ls = state.layers[i]
+        assert ls.time.shape[-1] == seq.shape[1]
+        got = torch.zeros_like(want).scatter(-1, ls.time, ls.acc)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", DECODING)

@@ -1,5 +1,6 @@
 """Adapter for Hugging Face decoder language models (Llama, Mistral, Qwen2, Qwen3, Gemma-3):
-key-value cache reduction at the end of prefill.
+key-value cache reduction at the end of prefill and while decoding, and prompt pruning
+during prefill.
 
 Each attention module's ``forward`` is wrapped on the instance (never on the class). The
 wrapper calls the model's own forward, so the fast attention path (SDPA) stays on. When a
@@ -15,6 +16,12 @@ batch), and builds that layer's attention mask itself: causal by time step, and 
 window on sliding-window layers. Position ids keep counting from the original prompt length:
 ``generate`` tracks them itself, and a plain forward without ``position_ids`` gets them from
 the adapter. Batches must be left-padded.
+
+Prefill methods (``kind = "prefill"``) select prompt tokens after the attention of their site
+layers; the decoder layers from the first site on are wrapped too, and run on the selected
+tokens with their original positions and a mask over them. Each layer's cache holds the
+tokens that ran it. A method that revives tokens sees, at every site, all prompt tokens: those
+pruned earlier with the residual state they had when they left (kept in an auxiliary tensor).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.context import ModelInfo
-from ..core.kv import KVContext, gather_entries, keep_per_head
+from ..core.kv import KVContext, gather_entries, grouped_attention_received, keep_per_head
 from ..methods.base import InvalidParameter, Method
 from .base import Adapter, Trace
 
@@ -51,11 +58,14 @@ _STATE = "_tokenreduce_kv"
 class KVTrace(Trace):
     """What the last prefill did to the cache: entries kept per layer (``kv_entries``, None for
     a layer left alone), the prompt length ``prompt_tokens`` (padding included) and the real
-    prompt lengths ``prompt_lengths`` per sample."""
+    prompt lengths ``prompt_lengths`` per sample. A prefill method also records, per site,
+    the prompt tokens it kept: ``prefill_kept[i]`` (B, M) token indices, -1 for filler slots
+    of a sample that keeps fewer."""
 
     kv_entries: list[int | None] = field(default_factory=list)
     prompt_tokens: int = 0
     prompt_lengths: list[int] = field(default_factory=list)
+    prefill_kept: list[Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +75,10 @@ class _LayerState:
     keep: Tensor  # (B,) entries each sample keeps (its budget)
     pad: Tensor  # (B,) left padding of each sample (time - pad = position in its prompt)
     since: int = 0  # entries appended since the last reduction
+    hold: Tensor | None = None  # (B,) entries held while decoding (decode_every)
+    acc: Tensor | None = None  # (B, Hkv, L) attention received so far (accumulating methods)
+    q: Tensor | None = None  # (B, Hq, R, D) the R most recent queries, RoPE applied
+    q_time: Tensor | None = None  # (R,) their time steps
 
 
 @dataclass
@@ -75,19 +89,22 @@ class _CacheState:
 
 @dataclass
 class _Prune:
-    """Prompt tokens kept by a prefill method, for the layers after its site."""
+    """Prompt tokens kept by a prefill method at its latest site, for the layers after it."""
 
-    index: Tensor  # (B, M) kept token indices, ascending
+    index: Tensor  # (B, M) kept token indices (filler slots first, then ascending)
     kept: Tensor  # (B, M) False for filler slots
     keep: Tensor  # (B,) tokens kept per sample
     pad: Tensor  # (B,) left padding per sample
     n: int  # prompt length before pruning (padding included)
+    valid: Tensor  # (B, n) real prompt tokens
+    aux: Tensor | None = None  # (B, n, C) every token's latest residual state (revival)
 
 
 @dataclass
 class _Forward:
     start: int = 0  # time step of this forward's first token
     mask2d: Tensor | None = None  # (B, start + s) padding mask of the whole sequence, or None
+    prefill: bool = False  # the cache was empty (or absent) when this forward began
 
 
 def _config(model: nn.Module):
@@ -142,6 +159,8 @@ class HFDecoderAdapter(Adapter):
         base = model.model if hasattr(model, "model") else model
         self.base = base
         self.layers = list(base.layers)
+        kind = method.kind
+        self.sites = tuple(method.sites(self.info.num_layers)) if kind == "prefill" else ()
 
     # -- patching ---------------------------------------------------------------------------
     def patch(self) -> None:
@@ -149,7 +168,7 @@ class HFDecoderAdapter(Adapter):
             layer.self_attn.forward = types.MethodType(
                 _make_attention_forward(self, i), layer.self_attn
             )
-            if self.method.kind == "prefill" and i > self.method.layer:
+            if self.sites and i >= self.sites[0]:
                 layer.forward = types.MethodType(_make_layer_forward(self, i), layer)
         self._hook = self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
@@ -181,7 +200,7 @@ class HFDecoderAdapter(Adapter):
                 kwargs = {**kwargs, "position_ids": pos}
         else:
             start = cache.get_seq_length() if cache is not None else 0
-        self._fwd = _Forward(start=start, mask2d=mask)
+        self._fwd = _Forward(start=start, mask2d=mask, prefill=state is None and start == 0)
         self._prune = None
         if state is not None:
             state.seen = start + s
@@ -234,43 +253,145 @@ def _valid(mask2d: Tensor | None, b: int, n: int, device) -> Tensor:
     return valid
 
 
+def _queries(attn: nn.Module, x: Tensor, position_embeddings, rows: int | None) -> Tensor:
+    """The last ``rows`` queries (all if None) of a layer's normalised input ``x``, after q norm
+    and RoPE: (B, Hq, rows, D)."""
+    h = x if rows is None else x[:, -rows:]
+    b, r, _ = h.shape
+    q = attn.q_proj(h).view(b, r, -1, attn.head_dim).transpose(1, 2)
+    if getattr(attn, "q_norm", None) is not None:
+        q = attn.q_norm(q)
+    cos, sin = position_embeddings
+    q, _ = _rope_function(attn)(q, q, cos[:, -r:], sin[:, -r:])
+    return q
+
+
+def _keys(attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Keys of a layer's normalised input ``x`` (B, N, C) at the given RoPE: (B, Hkv, N, D)."""
+    b, n, _ = x.shape
+    k = attn.k_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
+    if getattr(attn, "k_norm", None) is not None:
+        k = attn.k_norm(k)
+    k, _ = _rope_function(attn)(k, k, cos, sin)
+    return k
+
+
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` (B, M) of x (B or 1, N, C) -> (B, M, C)."""
+    b, m = index.shape
+    return x.expand(b, -1, -1).gather(1, index[:, :, None].expand(b, m, x.shape[-1]))
+
+
+def _put(base: Tensor, index: Tensor, kept: Tensor, x: Tensor) -> Tensor:
+    """``base`` (B, N, C) with rows ``index`` (B, M) replaced by ``x`` (B, M, C) where ``kept``;
+    a filler slot's computation never reaches a token's state."""
+    src = torch.where(kept[:, :, None], x, _take(base, index))
+    return base.scatter(1, index[:, :, None].expand_as(src), src)
+
+
+def _pruned_kwargs(adapter: HFDecoderAdapter, dl: nn.Module, pr: _Prune, kwargs: dict, dtype):
+    """A layer's keyword arguments for the kept tokens: their positions and a mask over them
+    (causal by original index)."""
+    kwargs = dict(kwargs)
+    cos, sin = kwargs["position_embeddings"]
+    kwargs["position_embeddings"] = (_take(cos, pr.index), _take(sin, pr.index))
+    if kwargs.get("position_ids") is not None:
+        kwargs["position_ids"] = (
+            kwargs["position_ids"].expand(pr.index.shape[0], -1).gather(1, pr.index)
+        )
+    t = pr.index
+    m = t.shape[1]
+    allowed = pr.kept[:, None, None, :] & (t[:, None, None, :] <= t[:, None, :, None])
+    window = getattr(dl.self_attn, "sliding_window", None)
+    if window is not None:
+        allowed &= t[:, None, None, :] > t[:, None, :, None] - window
+    # Every row may see itself, so a filler slot never has an all-masked row (NaN).
+    allowed |= torch.eye(m, dtype=torch.bool, device=t.device)
+    if _config(adapter.model)._attn_implementation != "sdpa":
+        allowed = torch.zeros(allowed.shape, dtype=dtype, device=t.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+    kwargs["attention_mask"] = allowed
+    return kwargs
+
+
+def _select(adapter: HFDecoderAdapter, dl: nn.Module, layer: int, stage: int, h_in: Tensor,
+            out: Tensor, position_embeddings) -> Tensor:  # fmt: skip
+    """A prefill method's site: rank the candidate prompt tokens by the method's score at this
+    layer, keep the best, and return the hidden states the next layer runs on.
+
+    Candidates are the tokens that ran this layer, or, for a method that revives, every prompt
+    token: one pruned earlier takes part with its residual state from when it left (the
+    auxiliary tensor), so the layers it skipped are not recomputed for it, and their caches
+    lack it."""
+    method, attn, fwd, pr = adapter.method, dl.self_attn, adapter._fwd, adapter._prune
+    b, _, c = h_in.shape
+    device = h_in.device
+    if pr is None:  # the first site: every token ran this layer
+        n = h_in.shape[1]
+        valid = _valid(fwd.mask2d, b, n, device)
+        index, kept, aux = torch.arange(n, device=device).expand(b, n), valid, None
+    else:
+        n, valid, index, kept, aux = pr.n, pr.valid, pr.index, pr.kept, pr.aux
+    lengths = valid.sum(1)
+    pad = n - lengths
+    if aux is not None:  # revival: all tokens, the pruned ones at their stored state
+        states = _put(aux, index, kept, h_in)
+        cand, cand_valid = torch.arange(n, device=device).expand(b, n), valid
+    else:
+        states, cand, cand_valid = h_in, index, kept
+    x = dl.input_layernorm(states)
+    cos, sin = position_embeddings
+    k = _keys(attn, x, _take(cos, cand), _take(sin, cand))
+    q = _queries(attn, x, position_embeddings, 1)  # the last token: the last candidate
+    position = (cand - pad[:, None]).masked_fill(~cand_valid, -1)
+    ctx = KVContext(layer, adapter.info.num_layers, k, k, cand_valid, position, attn.scaling,
+                    lambda rows: q)  # fmt: skip
+    scores = method.scores(ctx).float()
+    scores = scores.masked_fill(cand >= n - method.keep_last, float("inf"))
+    scores = scores.masked_fill(~cand_valid, float("-inf"))
+    keep = torch.tensor([method.keep_count(int(x), stage) for x in lengths.tolist()],
+                        device=device)  # fmt: skip
+    rel, new_kept = keep_per_head(scores[:, None, :], keep)
+    rel, new_kept = rel[:, 0], new_kept[:, 0]
+    new_index = cand.gather(1, rel)
+    new_aux = None
+    if method.revive:  # every token's state after this layer (pruned ones unchanged)
+        after = out if pr is None else _put(states, index, kept, out)
+        nxt = _take(after, new_index)
+        new_aux = after if stage < len(adapter.sites) - 1 else None
+    else:
+        nxt = _take(out, rel)
+    tr = adapter.trace
+    if stage == 0:
+        tr.kv_entries = [None] * adapter.info.num_layers
+        tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
+        tr.prefill_kept = []
+    tr.prefill_kept.append(new_index.masked_fill(~new_kept, -1))
+    adapter._prune = _Prune(new_index, new_kept, keep, pad, n, valid, new_aux)
+    return nxt
+
+
 def _make_layer_forward(adapter: HFDecoderAdapter, layer: int):
-    """A decoder layer after a prefill method's site: during that prefill it runs on the kept
-    tokens, with their positions and a mask over them (causal by original index)."""
+    """A decoder layer from a prefill method's first site on: during a prefill it runs on the
+    kept tokens, with their positions and a mask over them; at a site it then selects."""
+    method = adapter.method
+    stage = adapter.sites.index(layer) if layer in adapter.sites else None
 
     def forward(dl, hidden_states: Tensor, *args, **kwargs):
         original = type(dl).forward
         pr = adapter._prune
-        if pr is None:
+        if not (method.active and adapter._fwd.prefill) or (pr is None and stage is None):
             return original(dl, hidden_states, *args, **kwargs)
         if args:
             raise TypeError("tokenreduce: decoder layers must be called with keyword arguments")
-        b, m = pr.index.shape
-        if hidden_states.shape[1] == pr.n:  # the first layer after the site
-            idx = pr.index[:, :, None].expand(b, m, hidden_states.shape[-1])
-            hidden_states = hidden_states.gather(1, idx)
-        cos, sin = kwargs["position_embeddings"]
-        idx = pr.index[:, :, None].expand(b, m, cos.shape[-1])
-        kwargs["position_embeddings"] = (
-            cos.expand(b, -1, -1).gather(1, idx),
-            sin.expand(b, -1, -1).gather(1, idx),
-        )
-        if kwargs.get("position_ids") is not None:
-            kwargs["position_ids"] = kwargs["position_ids"].expand(b, -1).gather(1, pr.index)
-        t = pr.index
-        allowed = pr.kept[:, None, None, :] & (t[:, None, None, :] <= t[:, None, :, None])
-        window = getattr(dl.self_attn, "sliding_window", None)
-        if window is not None:
-            allowed &= t[:, None, None, :] > t[:, None, :, None] - window
-        # Every row may see itself, so a filler slot never has an all-masked row (NaN).
-        allowed |= torch.eye(m, dtype=torch.bool, device=t.device)
-        if _config(adapter.model)._attn_implementation != "sdpa":
-            dtype = hidden_states.dtype
-            allowed = torch.zeros(allowed.shape, dtype=dtype, device=t.device).masked_fill(
-                ~allowed, torch.finfo(dtype).min
-            )
-        kwargs["attention_mask"] = allowed
-        return original(dl, hidden_states, **kwargs)
+        position_embeddings = kwargs["position_embeddings"]
+        if pr is not None:
+            kwargs = _pruned_kwargs(adapter, dl, pr, kwargs, hidden_states.dtype)
+        out = original(dl, hidden_states, **kwargs)
+        if stage is None:
+            return out
+        return _select(adapter, dl, layer, stage, hidden_states, out, position_embeddings)
 
     return forward
 
@@ -284,20 +405,6 @@ def _stored(cache, layer: int) -> int:
 def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
     method = adapter.method
     num_layers = adapter.info.num_layers
-    rope = None
-
-    def queries(attn, hidden: Tensor, position_embeddings, rows: int | None) -> Tensor:
-        """The last ``rows`` queries (all if None), after q norm and RoPE: (B, Hq, rows, D)."""
-        nonlocal rope
-        rope = rope or _rope_function(attn)
-        h = hidden if rows is None else hidden[:, -rows:]
-        b, r, _ = h.shape
-        q = attn.q_proj(h).view(b, r, -1, attn.head_dim).transpose(1, 2)
-        if getattr(attn, "q_norm", None) is not None:
-            q = attn.q_norm(q)
-        cos, sin = position_embeddings
-        q, _ = rope(q, q, cos[:, -r:], sin[:, -r:])
-        return q
 
     def reduce_prefill(attn, cache, hidden, position_embeddings, fwd: _Forward) -> None:
         cl = cache.layers[layer]
@@ -325,7 +432,7 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
             valid,
             position,
             attn.scaling,
-            lambda rows: queries(attn, hidden, position_embeddings, rows),
+            lambda rows: _queries(attn, hidden, position_embeddings, rows),
         )
         scores = method.scores(ctx, keep).float()
         scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
@@ -336,35 +443,22 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         if state is None:
             state = _CacheState(seen=fwd.start + hidden.shape[1])
             setattr(cache, _STATE, state)
-        state.layers[layer] = _LayerState(kept, fwd.start + index, keep, n - lengths)
+        ls = _LayerState(kept, fwd.start + index, keep, n - lengths)
+        if method.decode_every:  # what holding the budget while decoding reads
+            ls.hold = torch.tensor(
+                [method.decode_keep(layer, num_layers, int(x)) for x in lengths.tolist()],
+                device=keys.device,
+            )
+            if method.accumulates:
+                ls.acc = ctx.attention(None).gather(-1, index).masked_fill(~kept, 0.0)
+            r = min(method.decode_queries(), n)
+            if r:
+                ls.q = _queries(attn, hidden, position_embeddings, r)
+                ls.q_time = torch.arange(fwd.start + n - r, fwd.start + n, device=keys.device)
+        state.layers[layer] = ls
         tr = adapter.trace
         tr.kv_entries[layer] = index.shape[-1]
         tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
-
-    def select_prefill(attn, hidden, position_embeddings) -> _Prune:
-        """Rank the prompt tokens by the last query's attention at this layer; keep the best."""
-        fwd = adapter._fwd
-        b, n, _ = hidden.shape
-        valid = _valid(fwd.mask2d, b, n, hidden.device)
-        lengths = valid.sum(1)
-        keep = torch.tensor([method.keep_count(int(x)) for x in lengths.tolist()],
-                            device=hidden.device)  # fmt: skip
-        k = attn.k_proj(hidden).view(b, n, -1, attn.head_dim).transpose(1, 2)
-        if getattr(attn, "k_norm", None) is not None:
-            k = attn.k_norm(k)
-        cos, sin = position_embeddings
-        k, _ = (rope or _rope_function(attn))(k, k, cos, sin)
-        position = (valid.long().cumsum(1) - 1).masked_fill(~valid, -1)
-        ctx = KVContext(layer, num_layers, k, k, valid, position, attn.scaling,
-                        lambda rows: queries(attn, hidden, position_embeddings, rows))  # fmt: skip
-        scores = method.scores(ctx).float()
-        scores[:, -1] = float("inf")  # the last token is always kept
-        scores = scores.masked_fill(~valid, float("-inf"))
-        index, kept = keep_per_head(scores[:, None, :], keep)
-        tr = adapter.trace
-        tr.kv_entries = [None] * num_layers
-        tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
-        return _Prune(index[:, 0], kept[:, 0], keep, n - lengths, n)
 
     def remember_pruned(attn, cache) -> None:
         """Record time steps and validity of a pruned layer's cache entries for decoding."""
@@ -382,20 +476,63 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
                                           pr.pad)  # fmt: skip
         adapter.trace.kv_entries[layer] = stored
 
-    def reduce_decode(attn, cache, ls: _LayerState, hidden, position_embeddings) -> None:
+    def track(attn, cache, ls: _LayerState, hidden, position_embeddings, fwd: _Forward, window):
+        """After a decoding forward: keep the most recent queries and add the new queries'
+        attention to each entry's running total, for the methods that read them."""
+        r = method.decode_queries()
+        if not (r or method.accumulates):
+            return
+        s = hidden.shape[1]
+        q = _queries(attn, hidden, position_embeddings, None)
+        t = torch.arange(fwd.start, fwd.start + s, device=hidden.device)
+        if r:
+            ls.q = q if ls.q is None else torch.cat([ls.q, q], dim=2)
+            ls.q_time = t if ls.q_time is None else torch.cat([ls.q_time, t])
+            ls.q, ls.q_time = ls.q[:, :, -r:], ls.q_time[-r:]
+        if method.accumulates:
+            keys = cache.layers[layer].keys
+            stored = keys.shape[-2]
+            b, hkv = ls.valid.shape[:2]
+            acc = torch.cat([ls.acc, ls.acc.new_zeros(b, hkv, s)], dim=-1)[..., -stored:]
+            if fwd.mask2d is not None:
+                q_valid = fwd.mask2d[:, -s:].to(device=keys.device, dtype=torch.bool)
+            else:
+                q_valid = torch.ones(b, s, dtype=torch.bool, device=keys.device)
+            ls.acc = acc + grouped_attention_received(
+                q, keys, t, ls.valid[..., -stored:], attn.scaling, q_valid=q_valid,
+                k_index=ls.time[..., -stored:], window=window,
+            )  # fmt: skip
+
+    def reduce_decode(attn, cache, ls: _LayerState, hidden, position_embeddings, fwd, window):
         """Bring a layer's cache back to its budget while generating (``decode_every``)."""
         cl = cache.layers[layer]
         keys, values = cl.keys, cl.values
         position = (ls.time - ls.pad[:, None, None]).masked_fill(~ls.valid, -1)
-        s = hidden.shape[1]
+        if ls.q is not None:
+            q_time = ls.q_time
+            recent = ls.q
+
+            def queries(rows):
+                return recent if rows is None else recent[:, :, -rows:]
+        else:  # the score reads at most this forward's queries
+            s = hidden.shape[1]
+            q_time = torch.arange(fwd.start, fwd.start + s, device=keys.device)
+
+            def queries(rows):
+                return _queries(attn, hidden, position_embeddings,
+                                s if rows is None else min(rows, s))  # fmt: skip
+
         ctx = KVContext(layer, num_layers, keys, values, ls.valid, position, attn.scaling,
-                        lambda rows: queries(attn, hidden, position_embeddings,
-                                             s if rows is None else min(rows, s)))  # fmt: skip
-        scores = method.scores(ctx, ls.keep).float().masked_fill(~ls.valid, float("-inf"))
-        index, kept = keep_per_head(scores, ls.keep)
+                        queries, time=ls.time, query_time=q_time, accumulated=ls.acc,
+                        window=window)  # fmt: skip
+        keep = torch.minimum(ls.hold, ls.valid[:, 0].sum(-1))
+        scores = method.scores(ctx, keep).float().masked_fill(~ls.valid, float("-inf"))
+        index, kept = keep_per_head(scores, keep)
         cl.keys = gather_entries(keys, index)
         cl.values = gather_entries(values, index)
         ls.valid, ls.time, ls.since = kept, ls.time.gather(-1, index), 0
+        if ls.acc is not None:
+            ls.acc = ls.acc.gather(-1, index)
         adapter.trace.kv_entries[layer] = index.shape[-1]
 
     def own_mask(attn, cache, ls: _LayerState, fwd: _Forward, s: int, window, dtype, device):
@@ -441,9 +578,8 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
                     past_key_values=cache,
                     **kwargs,
                 )
-                if layer == method.layer:
-                    adapter._prune = select_prefill(attn, hidden_states, position_embeddings)
-                elif layer > method.layer and cache is not None and adapter._prune is not None:
+                # Layers after the first site cache only the tokens that ran them.
+                if cache is not None and adapter._prune is not None:
                     remember_pruned(attn, cache)
                 return out
         if cache is None or not method.active:
@@ -496,13 +632,15 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
             past_key_values=cache,
             **kwargs,
         )
+        every = getattr(method, "decode_every", 0)
+        if every:
+            track(attn, cache, ls, hidden_states, position_embeddings, fwd, window)
         stored = _stored(cache, layer)
         if stored < ls.valid.shape[-1]:  # a sliding cache cropped its oldest entries
             ls.valid, ls.time = ls.valid[..., -stored:], ls.time[..., -stored:]
         ls.since += s
-        every = getattr(method, "decode_every", 0)
         if every and ls.since >= every:
-            reduce_decode(attn, cache, ls, hidden_states, position_embeddings)
+            reduce_decode(attn, cache, ls, hidden_states, position_embeddings, fwd, window)
         return out
 
     return forward

@@ -27,6 +27,8 @@ def grouped_attention_received(
     scale: float,
     chunk: int = 256,
     q_valid: Tensor | None = None,
+    k_index: Tensor | None = None,
+    window: int | None = None,
 ) -> Tensor:
     """Attention each key receives from a set of causal queries, summed over the queries and
     averaged over the query heads that share a KV head.
@@ -43,6 +45,11 @@ def grouped_attention_received(
         scale: attention logit scale.
         q_valid: (B, Q) False for query rows that add nothing; by default ``valid`` at the
             query rows for a (B, N) mask, all rows otherwise.
+        k_index: (B, Hkv, N) time step of every key, for a cache whose order is no longer the
+            sequence order (then ``q_index`` holds the queries' time steps); None: key j is at
+            index j.
+        window: a query sees only keys less than ``window`` steps old (sliding-window
+            layers); None: no limit.
 
     Returns:
         (B, Hkv, N) float32 scores.
@@ -51,7 +58,10 @@ def grouped_attention_received(
     hkv, n = k.shape[1], k.shape[2]
     g = hq // hkv
     kf = k.float().repeat_interleave(g, dim=1)
-    keys = torch.arange(n, device=k.device)
+    if k_index is None:
+        keys = torch.arange(n, device=k.device)[None, None, None, :]
+    else:
+        keys = k_index.repeat_interleave(g, dim=1)[:, :, None, :]  # (B, Hq, 1, N)
     if valid.dim() == 3:
         key_ok = valid.repeat_interleave(g, dim=1)[:, :, None, :]  # (B, Hq, 1, N)
         q_valid = (
@@ -64,7 +74,9 @@ def grouped_attention_received(
     for start in range(0, nq, chunk):
         rows = q_index[start : start + chunk]
         logits = (q[:, :, start : start + chunk].float() * scale) @ kf.transpose(-2, -1)
-        allowed = key_ok & (keys[None, None, None, :] <= rows[None, None, :, None])
+        allowed = key_ok & (keys <= rows[None, None, :, None])
+        if window is not None:
+            allowed = allowed & (keys > rows[None, None, :, None] - window)
         probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
         row_ok = q_valid[:, start : start + chunk].to(probs.dtype)[:, None, :, None]
         out += (probs.nan_to_num(0.0) * row_ok).sum(dim=2)
@@ -90,16 +102,19 @@ def keep_per_head(scores: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
         keep: (B,) entries to keep per sample (at most its number of finite-or-+inf scores).
 
     Returns:
-        ``index`` (B, H, M) ascending entry indices with M = max(keep), and ``valid``
-        (B, H, M): False for the ``M - keep[b]`` filler slots of a sample that keeps fewer.
+        ``index`` (B, H, M) entry indices with M = max(keep), and ``valid`` (B, H, M): False
+        for the ``M - keep[b]`` filler slots of a sample that keeps fewer. The filler slots
+        come first, then the kept entries in ascending order, so a reduced cache looks like a
+        left-padded one: its last slots are the most recent entries of every sample, and
+        sequence neighbours stay neighbours (what pooling and recency rules read).
     """
     b, h, n = scores.shape
     m = int(keep.max())
     order = scores.float().argsort(dim=-1, descending=True, stable=True)[..., :m]
     rank = torch.arange(m, device=scores.device).expand(b, h, m)
     valid = rank < keep.to(scores.device)[:, None, None]
-    index, perm = order.sort(dim=-1)
-    return index, valid.gather(-1, perm)
+    _, perm = (order + valid.long() * n).sort(dim=-1)
+    return order.gather(-1, perm), valid.gather(-1, perm)
 
 
 def gather_entries(x: Tensor, index: Tensor) -> Tensor:
@@ -138,8 +153,15 @@ class KVContext:
     False for padding; ``position`` (B, N) is each entry's position in its own prompt (0 for
     the first real token, -1 for padding), so scores that depend on position agree between
     a padded batch and its samples one by one. During decoding the cache has already been
-    reduced per KV head: ``valid`` and ``position`` are then (B, Hkv, N). ``queries(rows)`` returns the last ``rows``
-    queries (None: all of them) with RoPE applied, computed on demand for those rows only.
+    reduced per KV head: ``valid`` and ``position`` are then (B, Hkv, N). ``queries(rows)``
+    returns the last ``rows`` queries (None: all of them) with RoPE applied, computed on
+    demand for those rows only.
+
+    While decoding, the cache order is no longer the sequence order of the queries: ``time``
+    (B, Hkv, N) gives every entry's time step and ``query_time`` (R,) those of the queries
+    ``queries`` can return (the R most recent), so attention stays causal by time.
+    ``accumulated`` (B, Hkv, N), when the method asks for it (``accumulates``), is the
+    attention every entry has received from every query so far, prompt and generated tokens.
     """
 
     layer: int
@@ -150,6 +172,10 @@ class KVContext:
     position: Tensor
     scale: float
     queries: Callable[[int | None], Tensor]
+    time: Tensor | None = None
+    query_time: Tensor | None = None
+    accumulated: Tensor | None = None
+    window: int | None = None
     _attn: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -167,10 +193,14 @@ class KVContext:
         if rows not in self._attn:
             n = self.num_entries
             q = self.queries(rows)
-            q_index = torch.arange(n - q.shape[2], n, device=self.keys.device)
+            if self.time is None:
+                q_index = torch.arange(n - q.shape[2], n, device=self.keys.device)
+            else:
+                q_index = self.query_time[-q.shape[2] :]
             self._attn[rows] = grouped_attention_received(
-                q, self.keys, q_index, self.valid, self.scale
-            )
+                q, self.keys, q_index, self.valid, self.scale, k_index=self.time,
+                window=self.window,
+            )  # fmt: skip
         return self._attn[rows]
 
 

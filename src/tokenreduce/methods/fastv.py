@@ -38,6 +38,10 @@ class FastV(Method):
     budget_param: ClassVar[str] = "prune_ratio"
     budget_identity: ClassVar[object] = 0.0
     budget_sweep: ClassVar[tuple] = (0.25, 0.5, 0.75)
+    #: prompt tokens at the end that always survive (the last one, whose attention ranks)
+    keep_last: ClassVar[int] = 1
+    #: a pruned token never comes back (one site only)
+    revive: ClassVar[bool] = False
 
     layer: int = 2
     prune_ratio: float = 0.5
@@ -64,7 +68,11 @@ class FastV(Method):
     def budget(self, model: ModelInfo) -> Budget:
         return CacheBudget(float(self.prune_ratio))
 
-    def keep_count(self, n: int) -> int:
+    def sites(self, num_layers: int) -> tuple[int, ...]:
+        """Layers after whose attention prompt tokens are selected."""
+        return (self.layer,)
+
+    def keep_count(self, n: int, stage: int = -1) -> int:
         """Tokens kept of a prompt of ``n`` real tokens (the last one always)."""
         return n - removed_count(n - 1, float(self.prune_ratio))
 

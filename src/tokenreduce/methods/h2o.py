@@ -26,13 +26,20 @@ class H2O(KVCacheMethod):
     computed at the reduction, a block of queries at a time (O(N^2) compute, O(N) memory per
     row block), not by switching the model to eager attention.
 
+    While generating with ``decode_every``, the scores keep accumulating as in the paper: each
+    generated token's attention over the cache (one row per layer and step) is added to every
+    cached entry's total, and new entries start from their own; each reduction keeps the
+    heaviest totals plus the recent share.
+
     Parameters:
         recent_fraction: share of the budget kept for the most recent tokens, in [0, 1].
-        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+        compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 
     name = "h2o"
     paper = "Zhang et al., NeurIPS 2023 (arXiv:2306.14048)"
+    decodes = True
+    accumulates = True
     recent_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -47,6 +54,6 @@ class H2O(KVCacheMethod):
         super().__post_init__()
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
-        heavy = ctx.attention(None)
+        heavy = ctx.accumulated if ctx.accumulated is not None else ctx.attention(None)
         recent = self.recent(ctx, (keep.float() * self.recent_fraction).floor().long())
         return heavy.masked_fill(recent[:, None, :], torch.inf)

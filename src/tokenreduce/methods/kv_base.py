@@ -35,9 +35,12 @@ class KVCacheMethod(Method):
         cache_budget: keep at most this many entries per sample and layer (an integer >= 1),
             whatever the prompt length; None to use ``compression_ratio``.
         decode_every: while generating, every this many new tokens reduce each layer's cache
-            back to the budget it had after the prompt (an integer >= 0; 0 reduces at the end
-            of prefill only). Only for methods whose score needs no prompt queries
-            (``decodes = True``).
+            back to its budget (an integer >= 0; 0 reduces at the end of prefill only): the
+            budget the layer had after the prompt for ``compression_ratio``, ``cache_budget``
+            entries (the layer's share of it) for ``cache_budget``, so a short prompt's cache
+            may grow up to it. Each method re-scores with what it reads during decoding (its
+            :meth:`decode_queries` most recent queries, or the attention accumulated since the
+            prompt). Only for methods with ``decodes = True``.
     """
 
     kind: ClassVar[str] = "kv_cache"
@@ -45,9 +48,12 @@ class KVCacheMethod(Method):
     budget_identity: ClassVar[object] = 0.0
     budget_sweep: ClassVar[tuple] = (0.25, 0.5, 0.75)
 
-    #: the score needs nothing from the prompt that decoding lacks, so the budget can be
-    #: held while generating (``decode_every``)
+    #: the score can be recomputed while generating, so the budget can be held there
+    #: (``decode_every``)
     decodes: ClassVar[bool] = False
+    #: the score reads ``KVContext.accumulated`` while decoding: the adapter then adds every
+    #: generated query's attention to each cached entry's running total (H2O)
+    accumulates: ClassVar[bool] = False
 
     compression_ratio: float = 0.5
     cache_budget: int | None = None
@@ -66,9 +72,8 @@ class KVCacheMethod(Method):
         check(self.name, "decode_every", d, _is_int(d) and d >= 0, "an integer >= 0")
         if d and not self.decodes:
             raise InvalidParameter(
-                f"{self.name}: decode_every={d} is not supported (its score needs the prompt's "
-                "queries); allowed: decode_every=0, or a method that holds its budget while "
-                "decoding: streamingllm, tova, knorm, kv_random"
+                f"{self.name}: decode_every={d} is not supported (its score cannot be "
+                "recomputed while decoding); allowed: decode_every=0"
             )
         b = self.cache_budget
         check(
@@ -98,6 +103,19 @@ class KVCacheMethod(Method):
         """Entries a layer keeps for a prompt of ``n`` real tokens (uniform over layers)."""
         return CacheBudget(float(self.compression_ratio), self.cache_budget).keep(layer, n)
 
+    def decode_keep(self, layer: int, num_layers: int, n: int) -> int:
+        """Entries a layer holds while decoding (``decode_every``) for a prompt of ``n`` real
+        tokens: its prompt budget for a ratio; for ``cache_budget`` the layer's share of it
+        even when the prompt was shorter."""
+        if self.cache_budget is not None:
+            n = max(n, self.cache_budget)
+        return self.layer_keep(layer, num_layers, n)
+
+    def decode_queries(self) -> int:
+        """How many of the most recent queries the score reads while decoding; the adapter
+        keeps that many (RoPE applied) per layer. 0: none, or only the current step's."""
+        return 0
+
     def num_protected(self) -> int:
         """Entries always kept (sinks, observation window); they count toward the budget."""
         return 0
@@ -121,7 +139,8 @@ class KVCacheMethod(Method):
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
         """(B, Hkv, N) score of every entry, higher = keep; ``+inf`` forces an entry in.
         ``keep`` (B,) is how many entries each sample will keep (for budget-relative rules).
-        Padding entries are masked by the adapter."""
+        Padding entries are masked by the adapter. The cache's last entries are always the
+        most recent ones (at the end of prefill and while decoding)."""
         raise NotImplementedError
 
     def reduce(self, ctx, n_remove):  # the token-sequence interface does not apply

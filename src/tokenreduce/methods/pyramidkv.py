@@ -19,11 +19,13 @@ class PyramidKV(SnapKV):
     ``2a - a/beta`` (first layer) to ``a/beta`` (last layer), where ``a`` is the uniform
     budget, so the total over layers is the same as SnapKV's at the same ratio. When the
     prompt is too short for the first layer's share, every layer keeps the uniform budget.
+    With ``decode_every`` each layer holds its own budget while generating, re-scored like
+    SnapKV's from the most recent tokens' queries.
 
     Parameters:
         beta: ratio of the mean to the smallest layer budget (a number >= 1; the paper uses 20).
         window_size, kernel_size: see :class:`SnapKV`.
-        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+        compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 
     name = "pyramidkv"

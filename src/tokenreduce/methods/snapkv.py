@@ -24,14 +24,19 @@ class SnapKV(KVCacheMethod):
     neighbours so that whole phrases survive. Selection is per KV head; the window itself is
     always kept.
 
+    While generating with ``decode_every``, the observation window is the ``window_size``
+    most recent tokens (the prompt's last ones, then the generated ones); the adapter keeps
+    their queries, and pooling runs over the cache's neighbours.
+
     Parameters:
         window_size: observation window, in tokens (an integer >= 1).
         kernel_size: pooling width (an odd integer >= 1; 1 disables pooling).
-        compression_ratio, cache_budget: see :class:`KVCacheMethod`.
+        compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 
     name = "snapkv"
     paper = "Li et al., NeurIPS 2024 (arXiv:2404.14469)"
+    decodes = True
     window_size: int = 32
     kernel_size: int = 5
 
@@ -59,6 +64,9 @@ class SnapKV(KVCacheMethod):
         return f"the observation window, window_size={self.window_size}"
 
     def min_prompt(self) -> int:
+        return self.window_size
+
+    def decode_queries(self) -> int:
         return self.window_size
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:

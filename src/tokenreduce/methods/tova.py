@@ -29,5 +29,8 @@ class TOVA(KVCacheMethod):
     decodes = True
     paper = "Oren et al., EMNLP 2024 (arXiv:2401.06104)"
 
+    def decode_queries(self) -> int:
+        return 1
+
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
         return self.per_head(ctx.attention(1).mean(dim=1), ctx)
