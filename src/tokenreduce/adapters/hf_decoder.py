@@ -350,8 +350,8 @@ def _select(adapter: HFDecoderAdapter, dl: nn.Module, layer: int, stage: int, h_
     scores = method.scores(ctx).float()
     scores = scores.masked_fill(cand >= n - method.keep_last, float("inf"))
     scores = scores.masked_fill(~cand_valid, float("-inf"))
-    keep = torch.tensor([method.keep_count(int(x), stage) for x in lengths.tolist()],
-                        device=device)  # fmt: skip
+    keep = [method.keep_count(int(x), stage, len(adapter.sites)) for x in lengths.tolist()]
+    keep = torch.tensor(keep, device=device)
     rel, new_kept = keep_per_head(scores[:, None, :], keep)
     rel, new_kept = rel[:, 0], new_kept[:, 0]
     new_index = cand.gather(1, rel)

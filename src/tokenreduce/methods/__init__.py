@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (registration)  # noqa: F401,I001
     h2o,
     knorm,
     kv_random,
+    lazyllm,
     pool,
     pyramidkv,
     random,

@@ -72,7 +72,7 @@ class FastV(Method):
         """Layers after whose attention prompt tokens are selected."""
         return (self.layer,)
 
-    def keep_count(self, n: int, stage: int = -1) -> int:
+    def keep_count(self, n: int, stage: int = -1, num_sites: int = 1) -> int:
         """Tokens kept of a prompt of ``n`` real tokens (the last one always)."""
         return n - removed_count(n - 1, float(self.prune_ratio))
 
