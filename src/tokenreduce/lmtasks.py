@@ -42,14 +42,21 @@ class Sample:
 
 
 def jargon_sentences(path: str | Path | None = None) -> list[str]:
-    """Prose sentences of the Jargon File (tables, headers and short lines left out)."""
-    path = Path(path) if path else JARGON
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: install the Debian package jargon-text "
-            "(apt-get install jargon-text) or pass your own prose"
+    """Prose sentences of the Jargon File, or of the text file ``path`` (gzip-compressed
+    when its name ends in ``.gz``): paragraphs separated by blank lines, tables, headers and
+    short lines left out."""
+    given = path is not None
+    path = Path(path) if given else JARGON
+    if not path.is_file():
+        hint = (
+            "give an existing text file"
+            if given
+            else "install the Debian package jargon-text (apt-get install jargon-text) or "
+            "pass your own prose"
         )
-    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        raise FileNotFoundError(f"{path} not found: {hint}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         text = f.read()
     sentences = []
     for para in re.split(r"\n\s*\n", text):
