@@ -158,7 +158,11 @@ def get(name: str) -> type[Task]:
     return TASKS[name]
 
 
-from . import classification  # noqa: E402,F401  (registration)
+from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, vt)
+    classification,
+    longcontext,
+    perplexity,
+)
 
 __all__ = [
     "TASKS",
