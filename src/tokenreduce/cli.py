@@ -156,6 +156,7 @@ def bench(
             depth=_depth(loaded.model),
             quick=quick,
             kind=task_cls.method_kinds,
+            sweep=task_cls.default_sweep(loaded),
         )
         runner.check_configs(loaded.model, configs)
         options = tasks_mod.Options(

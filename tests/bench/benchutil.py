@@ -76,3 +76,22 @@ def fast_args(ckpt: Path, data: Path, db: Path, out: Path) -> list[str]:
         "--threads",
         "1",
     ]
+
+
+def write_tiny_dinov2(folder: Path, seed: int = 0) -> Path:
+    """A Hugging Face folder (config.json + safetensors) holding a tiny random DINOv2: 32x32
+    inputs, patch 4 (an 8x8 grid), 4 blocks, width 48. It has no image processor, so tasks
+    fall back to its config's image size with ImageNet statistics."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.Dinov2Config(
+        image_size=32,
+        patch_size=4,
+        num_hidden_layers=4,
+        hidden_size=48,
+        num_attention_heads=3,
+        mlp_ratio=2,
+    )
+    transformers.Dinov2Model(config).eval().save_pretrained(str(folder))
+    return folder

@@ -8,7 +8,7 @@ the configuration ``baseline``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .. import methods
 
@@ -39,6 +39,10 @@ def default_sweep(name: str, depth: int, quick: bool = False) -> list[str]:
             f"keep_ratio=0.5,layers={quarters}",
         ),
         "topk": (
+            [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5, 0.4)],
+            f"keep_ratio=0.5,layers={quarters}",
+        ),
+        "prunemerge": (
             [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5, 0.4)],
             f"keep_ratio=0.5,layers={quarters}",
         ),
@@ -114,6 +118,7 @@ def resolve(
     depth: int = 12,
     quick: bool = False,
     kind: str | tuple[str, ...] = "tokens",
+    sweep: Callable[[str, int, bool], list[str]] | None = None,
 ) -> list[str]:
     """The configurations of a sweep, baseline first, duplicates removed.
 
@@ -125,6 +130,9 @@ def resolve(
         depth: number of blocks of the model (default sweeps place layers by depth).
         quick: one budget per method for methods without explicit budgets.
         kind: the method kind or kinds the task measures (``"tokens"`` for vision tasks).
+        sweep: the default budgets of one method, ``sweep(name, depth, quick)``, for a task
+            whose default budgets differ (:meth:`Task.default_sweep`); None for
+            :func:`default_sweep`.
     """
     explicit: dict[str, list[str]] = {}
     for spec in split_specs(budgets):
@@ -153,7 +161,9 @@ def resolve(
         )
     configs = [BASELINE]
     for name in names:
-        specs = explicit.get(name) or [canonical(s) for s in default_sweep(name, depth, quick)]
+        specs = explicit.get(name) or [
+            canonical(s) for s in (sweep or default_sweep)(name, depth, quick)
+        ]
         for spec in specs:
             if spec not in configs:
                 configs.append(spec)

@@ -2,7 +2,7 @@
 
 >>> from tokenreduce import methods
 >>> [n for n in methods.available() if methods.get(n).kind == "tokens"]
-['evit', 'pool', 'random', 'tome', 'topk']
+['evit', 'pool', 'prunemerge', 'random', 'tome', 'topk']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
 """
@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (registration)  # noqa: F401,I001
     kv_random,
     lazyllm,
     pool,
+    prunemerge,
     pyramidkv,
     random,
     snapkv,

@@ -104,6 +104,14 @@ class Task:
         """Measurement settings that change the numbers (batch size, threads)."""
         raise NotImplementedError
 
+    @classmethod
+    def default_sweep(cls, loaded: LoadedModel) -> Callable[[str, int, bool], list[str]] | None:
+        """The budgets a method runs when the command line names none, as
+        ``sweep(name, depth, quick) -> specs``, for a task whose default budgets depend on the
+        model (matched token counts); None: each method's own default sweep
+        (:func:`tokenreduce.bench.configs.default_sweep`)."""
+        return None
+
     def steps(self, config: str) -> int:
         """Progress steps :meth:`measure` reports for ``config``."""
         return 1
@@ -160,8 +168,10 @@ def get(name: str) -> type[Task]:
 
 from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, vt)
     classification,
+    fidelity,
     longcontext,
     perplexity,
+    segmentation,
 )
 
 __all__ = [
