@@ -30,7 +30,7 @@ from ..configs import BASELINE
 from . import Column, Options, Plot, register
 from .features import COST_COLUMNS, FeatureTask, ImageInput, data_hash
 
-PHOTO_COUNT, SHAPE_COUNT = 8, 24
+PHOTO_COUNT, SHAPE_COUNT = 8, 8
 QUICK_PHOTOS, QUICK_SHAPES, QUICK_REPEATS = 4, 4, 3
 #: the issue's target: class cosine at least this at this speedup or more
 TARGET_COS, TARGET_SPEEDUP = 0.95, 1.5
@@ -98,7 +98,7 @@ class Fidelity(FeatureTask):
 
     @classmethod
     def from_options(cls, loaded: Any, options: Options) -> Fidelity:
-        """8 scikit-image photos and the first 24 easy-VQA test images, interleaved (``limit``:
+        """8 scikit-image photos and the first 8 easy-VQA test images, interleaved (``limit``:
         the first N of them), in batches of 4 (also the timed batch), 5 timed repeats after 1
         warm-up; ``quick``: 4 photos and 4 shapes, 3 repeats. Token maps of 4 photos."""
         from ...data.images import PHOTOS, easy_vqa_images, photos
