@@ -95,3 +95,15 @@ def write_tiny_dinov2(folder: Path, seed: int = 0) -> Path:
     )
     transformers.Dinov2Model(config).eval().save_pretrained(str(folder))
     return folder
+
+
+def stored_rows(db: Path) -> list[tuple[str, str, dict]]:
+    """``(task, config, metrics)`` of every stored result, in the order they were stored."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT task, config, metrics FROM results ORDER BY id").fetchall()
+    finally:
+        con.close()
+    return [(t, c, json.loads(m)) for t, c, m in rows]

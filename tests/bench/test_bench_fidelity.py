@@ -3,14 +3,11 @@ report, and ``tokenreduce bench --task fidelity`` end to end."""
 
 from __future__ import annotations
 
-import json
 import re
-import sqlite3
 from pathlib import Path
 
 import pytest
-import torch
-from benchutil import write_tiny_dinov2
+from benchutil import stored_rows, write_tiny_dinov2
 from typer.testing import CliRunner
 
 from tokenreduce.bench import matched, report, runner
@@ -24,14 +21,7 @@ FAST = Options(threads=1, limit=4, quick=True, repeats=1, warmup=0)
 TOPK = "topk:keep_ratio=0.5,layers=[1,2]"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as the sweeps run with --threads 1: on a loaded machine, two threads
-    spin on the tiny model's many small operations. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +51,8 @@ def test_baseline_is_exact_and_a_reduction_costs_fidelity(loaded, task):
     base = task.measure(model, BASELINE, None)
     for key in ("cls_cos", "cls_cos_min", "patch_cos", "patch_cos_min"):
         assert base[key] == pytest.approx(1.0, abs=1e-6)
-    assert base["speedup"] == 1.0 and base["flop_ratio"] == 1.0 and base["pruned_share"] == 0
+    assert base["speedup"] == 1.0 and base["speedup_cpu"] == 1.0 and base["flop_ratio"] == 1.0
+    assert base["pruned_share"] == 0
     assert base["mean_tokens"] == 65 and base["images"] == 4
     for config in (TOPK, "tome:r=6"):
         row = task.measure(model, config, base)
@@ -71,6 +62,7 @@ def test_baseline_is_exact_and_a_reduction_costs_fidelity(loaded, task):
         assert row["flop_ratio"] == pytest.approx(base["gflops"] / row["gflops"])
         assert row["mean_tokens"] < base["mean_tokens"]
         assert row["throughput"] > 0 and row["speedup"] > 0 and row["peak_mem_mb"] > 0
+        assert row["speedup_cpu"] > 0 and len(row["batch_cpu_ms_all"]) == task.repeats
         assert row["throughput_scaled"] == pytest.approx(row["speedup"] * base["throughput"])
         assert row["cls_cos_photo"] < 1 or row["cls_cos_shape"] < 1
         # pruned patches are recovered from earlier blocks; merged ones never are
@@ -112,20 +104,11 @@ def _bench(*args: str):
     return result
 
 
-def _rows(db: Path) -> list[tuple[str, str, dict]]:
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute("SELECT task, config, metrics FROM results ORDER BY id").fetchall()
-    finally:
-        con.close()
-    return [(t, c, json.loads(m)) for t, c, m in rows]
-
-
 def test_quick_cli_end_to_end(tmp_path, dinov2_dir):
     db, out = tmp_path / "r.db", tmp_path / "r.html"
     common = ["--db", str(db), "--out", str(out), "--threads", "1", "--repeats", "1"]
     result = _bench("--model", str(dinov2_dir), "--quick", "--limit", "2", *common)
-    rows = _rows(db)
+    rows = stored_rows(db)
     assert {t for t, _, _ in rows} == {"fidelity"}  # the default task of a backbone
     assert rows[0][1] == BASELINE
     # one budget per vision method, each the 50 % matched one (pooling: its 2x2 cells)
@@ -143,7 +126,7 @@ def test_fidelity_on_an_image_classifier(tmp_path, tiny_ckpt):
         "--limit", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
         "--db", str(db), "--out", str(tmp_path / "r.html"),
     )  # fmt: skip
-    rows = _rows(db)
+    rows = stored_rows(db)
     assert [c for _, c, _ in rows] == [
         BASELINE,
         "tome:r=2,inflect=0.0,prop_attn=True,schedule=None",

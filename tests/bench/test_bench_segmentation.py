@@ -3,15 +3,13 @@ CLI end to end, and clear errors for models without a patch grid."""
 
 from __future__ import annotations
 
-import json
 import re
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from benchutil import write_tiny_dinov2
+from benchutil import stored_rows, write_tiny_dinov2
 from typer.testing import CliRunner
 
 from tokenreduce.bench.configs import BASELINE
@@ -24,14 +22,7 @@ from tokenreduce.data.shapes import CLASSES, miou, patch_labels, shapes
 FAST = Options(threads=1, limit=4, quick=True, repeats=1, warmup=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as the sweeps run with --threads 1: on a loaded machine, two threads
-    spin on the tiny model's many small operations. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # -- data and head ---------------------------------------------------------------------------
@@ -118,22 +109,13 @@ def test_language_models_are_refused(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "task 'segmentation' needs a vision model" in result.output
     assert "is a language model" in result.output
-    assert not (tmp_path / "r.db").exists() or not _rows(tmp_path / "r.db")
+    assert not (tmp_path / "r.db").exists() or not stored_rows(tmp_path / "r.db")
 
 
 def test_a_model_without_patch_features_is_refused(dinov2_dir):
     task = get("segmentation").from_options(load(str(dinov2_dir)), FAST)
     with pytest.raises(ValueError, match="needs a patched vision transformer with a patch grid"):
         task.check_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2)))
-
-
-def _rows(db: Path) -> list[tuple[str, str, dict]]:
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute("SELECT task, config, metrics FROM results ORDER BY id").fetchall()
-    finally:
-        con.close()
-    return [(t, c, json.loads(m)) for t, c, m in rows]
 
 
 def test_quick_cli_end_to_end(tmp_path, dinov2_dir):
@@ -145,7 +127,7 @@ def test_quick_cli_end_to_end(tmp_path, dinov2_dir):
     ]  # fmt: skip
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    rows = _rows(db)
+    rows = stored_rows(db)
     assert [c.partition(":")[0] for _, c, _ in rows] == [BASELINE, "topk", "tome", "prunemerge"]
     assert all(t == "segmentation" for t, _, _ in rows)
     # matched: the three methods remove the same tokens at the same blocks

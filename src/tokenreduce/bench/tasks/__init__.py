@@ -24,6 +24,31 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 
+class Steps:
+    """The progress of one :meth:`Task.measure` call: ``step = Steps(progress, total)``,
+    then ``step()`` after each step (reported to ``progress``), ``step.skip(n)`` for steps
+    that need no work this time."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def skip(self, n: int) -> None:
+        self.done += n
+
+
+def check_ints(*checks: tuple[str, Any, int]) -> None:
+    """Raise ``ValueError`` unless every ``(name, value, minimum)`` has an integer value (not
+    a bool) of at least its minimum."""
+    for name, value, low in checks:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Column:
     """A metric as tables show it: ``key`` in the metrics dict, a header, a format spec."""
@@ -180,7 +205,9 @@ __all__ = [
     "Options",
     "Plot",
     "Progress",
+    "Steps",
     "Task",
+    "check_ints",
     "get",
     "register",
     "task_class",

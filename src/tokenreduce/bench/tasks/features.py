@@ -16,9 +16,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import tokenreduce
 from ...dense import DenseFeatures, dense_features
 from ..configs import BASELINE
 from ..metrics import median, paired_times, peak_memory_mb, time_call
-from . import Column, Progress, Task
+from . import Column, Plot, Progress, Steps, Task, check_ints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,11 +41,24 @@ COST_COLUMNS = (
     Column("flop_ratio", "FLOP ×", ".2f", True),
     Column("throughput", "img/s", ".2f", True),
     Column("speedup", "speedup ×", ".2f", True),
+    Column("speedup_cpu", "CPU-time speedup ×", ".2f", True),
     Column("speedup_per_flop", "speedup / FLOP ×", ".2f", True),
     Column("peak_mem_mb", "peak MiB", ".1f", False),
     Column("mean_tokens", "mean tokens", ".1f", False),
     Column("pruned_share", "pruned %", ".1f", False),
 )
+
+#: the x axis of throughput plots: rows are measured minutes apart on a machine whose load
+#: may change, so the plots put them on one scale, the baseline's times each paired speedup
+THROUGHPUT = "throughput (images/s: baseline × paired speedup)"
+
+
+def pareto_plots(y: str, y_label: str) -> tuple[Plot, Plot]:
+    """A feature task's Pareto plots of metric ``y``: against throughput and against GFLOPs."""
+    return (
+        Plot("throughput_scaled", y, THROUGHPUT, y_label),
+        Plot("gflops", y, "GFLOPs per image", y_label, x_higher_is_better=False),
+    )
 
 
 # -- images to model inputs ------------------------------------------------------------------
@@ -175,19 +189,18 @@ class FeatureTask(Task):
             raise ValueError(
                 f"inputs must be float (N, C, H, W) with N >= 1, got {tuple(inputs.shape)}"
             )
-        for name, value, low in (
+        check_ints(
             ("batch_size", batch_size, 1),
             ("repeats", repeats, 1),
             ("warmup", warmup, 0),
             ("threads", threads, 1),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        )
         self.inputs, self.image_input = inputs, image_input
         self.batch_size, self.threads = batch_size, threads
         self.repeats, self.warmup = repeats, warmup
         self.picture_indices = tuple(i for i in picture_indices if 0 <= i < len(inputs))
         self._reference: DenseFeatures | None = None
+        self._data_id = ""
 
     @classmethod
     def default_sweep(cls, loaded: Any):
@@ -195,6 +208,10 @@ class FeatureTask(Task):
         from ..matched import sweep_for
 
         return sweep_for(n_patches(loaded))
+
+    @property
+    def data_id(self) -> str:
+        return self._data_id  # set by the subclass: data, size and a content hash
 
     @property
     def setting(self) -> dict[str, Any]:
@@ -228,7 +245,7 @@ class FeatureTask(Task):
             raise ValueError(f"task {self.name!r}: the model has no patch tokens")
 
     def features(
-        self, model: nn.Module, inputs: torch.Tensor, step: Progress | None = None
+        self, model: nn.Module, inputs: torch.Tensor, step: Callable[[], None] | None = None
     ) -> DenseFeatures:
         """Recovered features of ``inputs`` (batched); GFLOPs and tokens averaged per image."""
         parts: list[DenseFeatures] = []
@@ -252,8 +269,11 @@ class FeatureTask(Task):
             self._reference = self.features(model, self.inputs)
         return self._reference
 
-    def quality(self, model: nn.Module, feats: DenseFeatures) -> dict[str, Any]:
-        """The task's own metrics of ``feats`` (the recovered features of the inputs)."""
+    def quality(
+        self, model: nn.Module, feats: DenseFeatures, baseline: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The task's own metrics of ``feats`` (the recovered features of the inputs);
+        ``baseline`` holds the unreduced model's metrics once measured."""
         raise NotImplementedError
 
     def measure(
@@ -263,27 +283,16 @@ class FeatureTask(Task):
         baseline: dict[str, Any] | None,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
-        total, done = self.steps(config), 0
-
-        def step() -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
+        step = Steps(progress, self.steps(config))
         self.prepare(model, step)
         x = self.inputs[: self.batch_size]
         if config == BASELINE:
             if self._reference is None:
                 self._reference = self.features(model, self.inputs, step)
             else:
-                done += len(self._batches(len(self.inputs)))
+                step.skip(len(self._batches(len(self.inputs))))
             feats = self._reference
-            with torch.inference_mode():
-                for _ in range(self.warmup):
-                    model(x)
-                t_base = [time_call(lambda: model(x)) for _ in range(self.repeats)]
-            t_red = t_base
+            times = self._timing(model, None, x)
             step()
             peak = peak_memory_mb(lambda: _forward(model, x))
             step()
@@ -294,20 +303,34 @@ class FeatureTask(Task):
             handle = tokenreduce.patch(reduced, config)
             try:
                 feats = self.features(reduced, self.inputs, step)
-                with torch.inference_mode():
-                    t_base, t_red = paired_times(
-                        lambda: model(x), lambda: reduced(x), self.repeats, self.warmup
-                    )
+                times = self._timing(model, reduced, x)
                 step()
                 peak = peak_memory_mb(lambda: _forward(reduced, x))
                 step()
             finally:
                 handle.remove()
         base_gflops = self.reference(model).gflops
-        values = cost_metrics(feats, base_gflops, t_base, t_red, len(x), peak, baseline)
-        values.update(self.quality(model, feats))
+        values = cost_metrics(feats, base_gflops, times, len(x), peak, baseline)
+        values.update(self.quality(model, feats, baseline))
         values.update(images=len(self.inputs), repeats=self.repeats, warmup=self.warmup)
         return values
+
+    def _timing(self, model: nn.Module, reduced: nn.Module | None, x: torch.Tensor) -> Timing:
+        """Time the unreduced model (alone when ``reduced`` is None, else interleaved with
+        ``reduced``) on ``x``: wall-clock and process CPU seconds of the same calls."""
+        cpu_base: list[float] = []
+        cpu_red: list[float] = []
+        base = _cpu_clocked(lambda: model(x), cpu_base)
+        with torch.inference_mode():
+            if reduced is None:
+                for _ in range(self.warmup):
+                    base()
+                wall = [time_call(base) for _ in range(self.repeats)]
+                cpu = cpu_base[self.warmup :]
+                return Timing(wall, wall, cpu, cpu)
+            red = _cpu_clocked(lambda: reduced(x), cpu_red)
+            wall_base, wall_red = paired_times(base, red, self.repeats, self.warmup)
+        return Timing(wall_base, wall_red, cpu_base[self.warmup :], cpu_red[self.warmup :])
 
     def pictures(self, model: nn.Module, config: str) -> dict[str, bytes]:
         """Token maps of the picture inputs (the plain input for the baseline)."""
@@ -333,34 +356,63 @@ def _forward(model: nn.Module, x: torch.Tensor) -> None:
         model(x)
 
 
+class Timing(NamedTuple):
+    """Seconds of the timed calls, paired by index: wall clock and process CPU time of the
+    unreduced and the reduced model (the same list twice for the baseline)."""
+
+    wall_base: list[float]
+    wall_red: list[float]
+    cpu_base: list[float]
+    cpu_red: list[float]
+
+
+def _cpu_clocked(fn: Callable[[], object], out: list[float]) -> Callable[[], None]:
+    """``fn``, appending the process CPU seconds of every call to ``out``."""
+
+    def call() -> None:
+        start = time.process_time()
+        fn()
+        out.append(time.process_time() - start)
+
+    return call
+
+
 def cost_metrics(
     feats: DenseFeatures,
     base_gflops: float,
-    t_base: list[float],
-    t_red: list[float],
+    times: Timing,
     batch: int,
     peak: float,
     baseline: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """GFLOPs, FLOP ratio, throughput, paired speedup, memory and token counts of one row."""
+    """GFLOPs, FLOP ratio, throughput, paired speedups, memory and token counts of one row.
+
+    ``speedup`` is the median of the paired wall-clock ratios (the report's throughput
+    scale); ``speedup_cpu`` the same from the process CPU time of the same calls, which other
+    processes on a shared machine disturb less (it counts the work of every torch thread).
+    """
     base_throughput = None if baseline is None else baseline["throughput"]
     base_peak = peak if baseline is None else baseline["peak_mem_mb"]
     flop_ratio = base_gflops / feats.gflops if feats.gflops > 0 else None
     # each pair was timed back to back: the median of their ratios cancels slow drift
-    speedup = median([b / r for b, r in zip(t_base, t_red, strict=True)])
-    throughput = batch / median(t_red)
+    speedup = median([b / r for b, r in zip(times.wall_base, times.wall_red, strict=True)])
+    speedup_cpu = median([b / r for b, r in zip(times.cpu_base, times.cpu_red, strict=True)])
+    throughput = batch / median(times.wall_red)
     return {
         "gflops": feats.gflops,
         "baseline_gflops": base_gflops,
         "flop_ratio": flop_ratio,
         "throughput": throughput,
         "throughput_scaled": speedup * (base_throughput or throughput),
-        "baseline_throughput": batch / median(t_base),
+        "baseline_throughput": batch / median(times.wall_base),
         "speedup": speedup,
+        "speedup_cpu": speedup_cpu,
         "speedup_per_flop": speedup / flop_ratio if flop_ratio else None,
-        "batch_ms": 1000 * median(t_red),
-        "batch_ms_all": [1000 * t for t in t_red],
-        "baseline_batch_ms_all": [1000 * t for t in t_base],
+        "batch_ms": 1000 * median(times.wall_red),
+        "batch_ms_all": [1000 * t for t in times.wall_red],
+        "baseline_batch_ms_all": [1000 * t for t in times.wall_base],
+        "batch_cpu_ms_all": [1000 * t for t in times.cpu_red],
+        "baseline_batch_cpu_ms_all": [1000 * t for t in times.cpu_base],
         "peak_mem_mb": peak,
         "mem_ratio": peak / base_peak if base_peak else None,
         "mean_tokens": feats.mean_tokens,

@@ -28,7 +28,7 @@ from torch import nn
 from ...dense import DenseFeatures
 from ..configs import BASELINE
 from . import Column, Options, Plot, register
-from .features import COST_COLUMNS, FeatureTask, ImageInput, data_hash
+from .features import COST_COLUMNS, THROUGHPUT, FeatureTask, ImageInput, data_hash, pareto_plots
 
 PHOTO_COUNT, SHAPE_COUNT = 8, 8
 QUICK_PHOTOS, QUICK_SHAPES, QUICK_REPEATS = 4, 4, 3
@@ -61,25 +61,8 @@ class Fidelity(FeatureTask):
         *COST_COLUMNS,
     )
     plots = (
-        Plot(
-            "throughput_scaled",
-            "cls_cos",
-            "throughput (images/s: baseline × paired speedup)",
-            "class-token cosine to unreduced",
-        ),
-        Plot(
-            "gflops",
-            "cls_cos",
-            "GFLOPs per image",
-            "class-token cosine to unreduced",
-            x_higher_is_better=False,
-        ),
-        Plot(
-            "throughput_scaled",
-            "patch_cos",
-            "throughput (images/s: baseline × paired speedup)",
-            "recovered patch-feature cosine",
-        ),
+        *pareto_plots("cls_cos", "class-token cosine to unreduced"),
+        Plot("throughput_scaled", "patch_cos", THROUGHPUT, "recovered patch-feature cosine"),
     )
 
     def __init__(
@@ -130,11 +113,9 @@ class Fidelity(FeatureTask):
         task.check_model(loaded.model)
         return task
 
-    @property
-    def data_id(self) -> str:
-        return self._data_id
-
-    def quality(self, model: nn.Module, feats: DenseFeatures) -> dict[str, Any]:
+    def quality(
+        self, model: nn.Module, feats: DenseFeatures, baseline: dict[str, Any] | None
+    ) -> dict[str, Any]:
         ref = self.reference(model)
         cls_cos = torch.cosine_similarity(feats.pooled, ref.pooled, dim=-1)
         patch_cos = torch.cosine_similarity(feats.patches, ref.patches, dim=-1).mean(1)

@@ -31,8 +31,8 @@ from torch import nn
 from ...data.shapes import CLASSES, miou, patch_labels, shapes
 from ...dense import DenseFeatures
 from ..configs import BASELINE
-from . import Column, Options, Plot, Progress, register
-from .features import COST_COLUMNS, FeatureTask, ImageInput, data_hash
+from . import Column, Options, check_ints, register
+from .features import COST_COLUMNS, FeatureTask, ImageInput, data_hash, pareto_plots
 
 TRAIN, TEST, QUICK_TRAIN, QUICK_TEST, QUICK_REPEATS = 48, 24, 16, 8, 3
 HEAD_STEPS = 300
@@ -63,15 +63,7 @@ class Segmentation(FeatureTask):
         Column("patch_acc", "patch acc %", ".2f", True),
         *COST_COLUMNS,
     )
-    plots = (
-        Plot(
-            "throughput_scaled",
-            "miou",
-            "throughput (images/s: baseline × paired speedup)",
-            "mIoU (synthetic shapes)",
-        ),
-        Plot("gflops", "miou", "GFLOPs per image", "mIoU (synthetic shapes)", False),
-    )
+    plots = pareto_plots("miou", "mIoU (synthetic shapes)")
 
     def __init__(
         self,
@@ -86,8 +78,7 @@ class Segmentation(FeatureTask):
         **kwargs: Any,
     ) -> None:
         super().__init__(image_input.normalize(test_images), image_input, **kwargs)
-        if not isinstance(head_steps, int) or head_steps < 1:
-            raise ValueError(f"head_steps must be an integer >= 1, got {head_steps!r}")
+        check_ints(("head_steps", head_steps, 1))
         for what, im, m in (
             ("train", train_images, train_masks),
             ("test", test_images, test_masks),
@@ -135,10 +126,6 @@ class Segmentation(FeatureTask):
         return task
 
     @property
-    def data_id(self) -> str:
-        return self._data_id
-
-    @property
     def setting(self) -> dict[str, Any]:
         return {**super().setting, "head_steps": self.head_steps}
 
@@ -167,28 +154,20 @@ class Segmentation(FeatureTask):
         )
         step()
 
-    def quality(self, model: nn.Module, feats: DenseFeatures) -> dict[str, Any]:
+    def quality(
+        self, model: nn.Module, feats: DenseFeatures, baseline: dict[str, Any] | None
+    ) -> dict[str, Any]:
         patch = self._patch_size(feats)
         with torch.inference_mode():
             pred = self.head(feats.patches).argmax(-1).numpy()
         truth = patch_labels(self.test_masks, patch)
+        score = miou(pred, self.test_masks, patch)
         return {
-            "miou": miou(pred, self.test_masks, patch),
+            "miou": score,
+            "miou_delta": score - (score if baseline is None else baseline["miou"]),
             "patch_acc": 100.0 * float((pred == truth).mean()),
             "ceiling_miou": miou(truth, self.test_masks, patch),
         }
-
-    def measure(
-        self,
-        model: nn.Module,
-        config: str,
-        baseline: dict[str, Any] | None,
-        progress: Progress | None = None,
-    ) -> dict[str, Any]:
-        values = super().measure(model, config, baseline, progress)
-        base = values["miou"] if baseline is None else baseline["miou"]
-        values["miou_delta"] = values["miou"] - base
-        return values
 
     @classmethod
     def summary(cls, rows: list[tuple[str, dict[str, Any]]], max_drop: float = 0.02) -> list[str]:
