@@ -73,7 +73,12 @@ class Adapter:
         return None
 
     def reduce(
-        self, layer: int, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float,
+        self,
+        layer: int,
+        x: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        scale: float,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         """The site after attention: score, reduce, apply to x and the token state.

@@ -308,6 +308,7 @@ def _make_vit_forward(adapter: HFVisionAdapter, layer: int):
         h = blk.dropout(h)
         x = h + residual
         x = adapter.reduce(layer, x, q, k, scale, bias)
+        del q, k, bias  # free before the MLP (lower peak memory)
         residual = x
         h = blk.layernorm_after(x)
         h = blk.mlp(h)
@@ -326,6 +327,7 @@ def _make_dinov2_forward(adapter: HFVisionAdapter, layer: int):
         h = blk.layer_scale1(h)
         x = blk.drop_path(h) + residual
         x = adapter.reduce(layer, x, q, k, scale, bias)
+        del q, k, bias  # free before the MLP (lower peak memory)
         residual = x
         h = blk.norm2(x)
         h = blk.mlp(h)
@@ -344,6 +346,7 @@ def _make_clip_forward(adapter: HFVisionAdapter, layer: int):
         h, q, k, scale, bias = _attend(adapter, blk.self_attn, h, attention_mask)
         x = residual + h
         x = adapter.reduce(layer, x, q, k, scale, bias)
+        del q, k, bias  # free before the MLP (lower peak memory)
         residual = x
         h = blk.layer_norm2(x)
         h = blk.mlp(h)

@@ -90,7 +90,9 @@ class TimmViTAdapter(Adapter):
 def _make_block_forward(adapter: TimmViTAdapter, layer: int):
     def forward(blk, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
-            raise ValueError("tokenreduce: attn_mask / is_causal are not supported on a patched ViT")
+            raise ValueError(
+                "tokenreduce: attn_mask / is_causal are not supported on a patched ViT"
+            )
         state = adapter.begin(layer, x)
         b, n, _ = x.shape
         attn = blk.attn
@@ -99,6 +101,7 @@ def _make_block_forward(adapter: TimmViTAdapter, layer: int):
         gate = attn.gate(y).sigmoid() if attn.gate is not None else None
         qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        del qkv, y  # locals live until return: free what the MLP does not need (peak memory)
         q, k = attn.q_norm(q), attn.k_norm(k)
         bias = adapter.size_bias(state, q.dtype)
         if attn.fused_attn:
@@ -110,11 +113,14 @@ def _make_block_forward(adapter: TimmViTAdapter, layer: int):
             if bias is not None:
                 a = a + bias
             o = attn.attn_drop(a.softmax(dim=-1)) @ v
+        del v
         o = attn.norm(o.transpose(1, 2).reshape(b, n, attn.attn_dim))
         if gate is not None:
             o = o * gate
         x = x + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(o))))
+        del o, gate
         x = adapter.reduce(layer, x, q, k, attn.scale, bias)
+        del q, k, bias
         return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
     return forward
