@@ -146,6 +146,7 @@ def test_snapkv_half_cache_bytes_are_exact(loaded, prose):
     assert half["kv_mb"] * 2**20 == pytest.approx(kv_bytes(sum(n - n // 2 for n in longest)) / 2)
     assert half["method_kind"] == "kv_cache" and half["ratio"] == 0.5
     assert half["ttft_speedup"] > 0 and half["decode_tok_s"] > 0 and half["peak_mem_mb"] > 0
+    assert half["ttft_cpu_speedup"] > 0 and half["decode_cpu_speedup"] > 0
     lines = LongContextTask.summary(
         [("baseline", base), ("snapkv:compression_ratio=0.5,window_size=32", half)]
     )
