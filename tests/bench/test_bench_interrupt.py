@@ -23,8 +23,9 @@ CONFIGS = {"baseline", *(methods.describe(methods.build(f"tome:r={r}")) for r in
 
 def _args(ckpt: Path, data: Path, db: Path) -> list[str]:
     args = fast_args(ckpt, data, db, db.with_suffix(".html"))
-    # many slow-enough configurations, so that the signal lands mid-sweep
-    return [*args, "--repeats", "40", "--no-pictures", "--budgets", BUDGETS]
+    # many slow-enough configurations (~1 s each), so that the signal lands mid-sweep even
+    # when the polling test process gets little CPU
+    return [*args, "--repeats", "400", "--no-pictures", "--budgets", BUDGETS]
 
 
 def _count(db: Path) -> int:
