@@ -23,9 +23,8 @@ CONFIGS = {"baseline", *(methods.describe(methods.build(f"tome:r={r}")) for r in
 
 def _args(ckpt: Path, data: Path, db: Path) -> list[str]:
     args = fast_args(ckpt, data, db, db.with_suffix(".html"))
-    # many slow-enough configurations (~1 s each), so that the signal lands mid-sweep even
-    # when the polling test process gets little CPU
-    return [*args, "--repeats", "400", "--no-pictures", "--budgets", BUDGETS]
+    # many slow-enough configurations, so that the signal lands mid-sweep
+    return [*args, "--repeats", "40", "--no-pictures", "--budgets", BUDGETS]
 
 
 def _count(db: Path) -> int:
@@ -51,6 +50,9 @@ def _run_until_rows(args: list[str], db: Path, rows: int, sig: int) -> tuple[int
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        # a test run started in the background inherits an ignored SIGINT; the sweep must
+        # see Ctrl-C as a user's terminal delivers it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     seen = 0
