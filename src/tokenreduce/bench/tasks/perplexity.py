@@ -32,19 +32,23 @@ from .longcontext import DEFAULT_CONTEXTS, QUICK_CONTEXT, check_length, check_lm
 def prose_chunks(
     sentences: list[str], tokenizer: Any, tokens: int, count: int, seed: int
 ) -> list[list[int]]:
-    """``count`` token lists of exactly ``tokens`` tokens, each from consecutive sentences
-    starting at a seeded random sentence."""
+    """``count`` token lists of exactly ``tokens`` tokens, each the start of consecutive
+    sentences from a seeded random sentence, joined by spaces and tokenized as one text (as
+    the model reads prose, not sentence by sentence)."""
     rng = random.Random(f"perplexity:{tokens}:{seed}")
     out = []
     for _ in range(count):
-        i = rng.randrange(len(sentences))
-        ids: list[int] = []
+        start = rng.randrange(len(sentences))
+        stop, ids = start, []
         while len(ids) < tokens:
-            ids += tokenizer(
-                sentences[i % len(sentences)] + " ", add_special_tokens=False
-            ).input_ids
-            i += 1
-        out.append(ids[:tokens])
+            # add about 3 characters per missing token, then tokenize the whole text again
+            chars = 0
+            while chars < 3 * (tokens - len(ids)):
+                chars += len(sentences[stop % len(sentences)]) + 1
+                stop += 1
+            text = " ".join(sentences[i % len(sentences)] for i in range(start, stop))
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+        out.append(list(ids[:tokens]))
     return out
 
 
