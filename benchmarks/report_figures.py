@@ -4,7 +4,7 @@ figures as PNG files, and its rows as JSON (the raw results beside the figures).
 The figures are the report's own (``tokenreduce.bench.report``), drawn from the same store.
 
 Run: ``.venv/bin/python benchmarks/report_figures.py --db results/dinov2.db --task fidelity
---figures docs/img/dinov2_fidelity --json benchmarks/results/dinov2_fidelity.json``
+--threads 1 --figures docs/img/dinov2_fidelity --json benchmarks/results/dinov2_fidelity.json``
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--db", type=Path, required=True, help="results store")
     ap.add_argument("--task", required=True, help="task of the group to export")
     ap.add_argument("--model", help="model name (default: the only one stored for the task)")
+    ap.add_argument("--threads", type=int, help="only the group measured with these threads")
     ap.add_argument("--figures", type=Path, help="file prefix of the PNG files")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
@@ -33,11 +34,13 @@ def main() -> None:
         found = {
             g: rows
             for g, rows in report.groups(store).items()
-            if g[0] == args.task and args.model in (None, g[1], g[1].rpartition("@")[0])
+            if g[0] == args.task
+            and args.model in (None, g[1], g[1].rpartition("@")[0])
+            and args.threads in (None, json.loads(g[3]).get("threads"))
         }
         if len(found) != 1:
-            names = ", ".join(f"{g[1]} {g[2]}" for g in found) or "none"
-            raise SystemExit(f"expected one stored group for that task and model, found: {names}")
+            names = "; ".join(f"{g[1]} {g[2]} {g[3]}" for g in found) or "none"
+            raise SystemExit(f"expected one stored group for those filters, found: {names}")
         ((group, rows),) = found.items()
         if args.figures:
             args.figures.parent.mkdir(parents=True, exist_ok=True)
