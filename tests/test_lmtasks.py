@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenreduce.lmtasks import TASKS, make_sample
+from tokenreduce.lmtasks import JARGON_ENV, TASKS, jargon_sentences, make_sample
 
 
 class _Tokens:
@@ -48,3 +48,14 @@ def test_bad_task_and_depth():
         make_sample("qa", _Tokens(), 100, 0.5, 0, PROSE)
     with pytest.raises(ValueError, match=r"depth=1.5 is invalid"):
         make_sample("niah", _Tokens(), 100, 1.5, 0, PROSE)
+
+
+def test_prose_comes_from_the_environment_when_set(tmp_path, monkeypatch):
+    para = " ".join(f"The harbour master counted {i} boats before noon today." for i in range(6))
+    (tmp_path / "prose.txt").write_text(f"{para}\n\n{para}\n")
+    monkeypatch.setenv(JARGON_ENV, str(tmp_path / "prose.txt"))
+    sentences = jargon_sentences()
+    assert len(sentences) == 12 and sentences[0].startswith("The harbour master counted 0")
+    monkeypatch.setenv(JARGON_ENV, str(tmp_path / "missing.txt.gz"))
+    with pytest.raises(FileNotFoundError, match=f"missing.txt.gz not found.*{JARGON_ENV}"):
+        jargon_sentences()

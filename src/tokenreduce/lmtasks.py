@@ -16,12 +16,16 @@ answer string; a generation is correct when its first line contains the answer.
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
+#: where the Jargon File is read from when it is not installed system-wide (``./run`` sets it
+#: to the Debian package extracted into the checkout's ``.cache``)
+JARGON_ENV = "TOKENREDUCE_JARGON"
 TASKS = ("niah", "multikey", "vt")
 _KEYS = ("apple", "river", "violin", "copper", "falcon", "meadow", "lantern", "pepper")
 
@@ -41,18 +45,23 @@ class Sample:
         return self.answer in generated.strip().split("\n")[0]
 
 
+def jargon_path() -> Path:
+    """The Jargon File: ``$TOKENREDUCE_JARGON`` when set, else the Debian location."""
+    return Path(os.environ.get(JARGON_ENV) or JARGON)
+
+
 def jargon_sentences(path: str | Path | None = None) -> list[str]:
     """Prose sentences of the Jargon File, or of the text file ``path`` (gzip-compressed
     when its name ends in ``.gz``): paragraphs separated by blank lines, tables, headers and
     short lines left out."""
     given = path is not None
-    path = Path(path) if given else JARGON
+    path = Path(path) if given else jargon_path()
     if not path.is_file():
         hint = (
             "give an existing text file"
             if given
-            else "install the Debian package jargon-text (apt-get install jargon-text) or "
-            "pass your own prose"
+            else "install the Debian package jargon-text (apt-get install jargon-text), set "
+            f"${JARGON_ENV} to its jargon.txt.gz, or pass your own prose"
         )
         raise FileNotFoundError(f"{path} not found: {hint}")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -156,4 +165,4 @@ def make_sample(
     )
 
 
-__all__ = ["JARGON", "TASKS", "Sample", "jargon_sentences", "make_sample"]
+__all__ = ["JARGON", "TASKS", "Sample", "jargon_path", "jargon_sentences", "make_sample"]

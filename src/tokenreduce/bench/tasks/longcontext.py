@@ -259,7 +259,7 @@ class LongContextTask(Task):
         sentences = lmtasks.jargon_sentences(options.data)
         if not sentences:
             raise ValueError(
-                f"{options.data or lmtasks.JARGON}: no prose found (paragraphs of at least 200 "
+                f"{options.data or lmtasks.jargon_path()}: no prose found (paragraphs of at least 200 "
                 "characters, mostly letters, are needed)"
             )
         check_lm(loaded.model, loaded.tokenizer, cls.name)

@@ -140,7 +140,7 @@ class Perplexity(Task):
         check_length(loaded.model, max(contexts) + continuation)
         sentences = lmtasks.jargon_sentences(options.data)
         if not sentences:
-            raise ValueError(f"{options.data or lmtasks.JARGON}: no prose found")
+            raise ValueError(f"{options.data or lmtasks.jargon_path()}: no prose found")
         seed = 0
         chunks = {
             c: prose_chunks(sentences, loaded.tokenizer, c + continuation, limit, seed)
