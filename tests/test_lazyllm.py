@@ -16,10 +16,10 @@ import tokenreduce
 from tokenreduce.methods import InvalidParameter, build
 from tokenreduce.methods.lazyllm import LazyLLM
 
-transformers = pytest.importorskip("transformers")
+from .lmutil import PROMPT as N
+from .lmutil import generate, padded_batch, tiny_lm
 
-N = 40  # longest prompt
-
+pytest.importorskip("transformers")
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -29,60 +29,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _config(cls, **kw):
-    common = dict(
-        vocab_size=101, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-        max_position_embeddings=256, initializer_range=0.3, attn_implementation="sdpa",
-    )  # fmt: skip
-    return cls(**{**common, **kw})
-
-
-def _llama(layers: int = 4):
-    torch.manual_seed(0)
-    cfg = _config(transformers.LlamaConfig, num_hidden_layers=layers, num_key_value_heads=2)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def _qwen3():
-    torch.manual_seed(0)
-    cfg = _config(transformers.Qwen3Config, num_hidden_layers=4, num_key_value_heads=2,
-                  head_dim=16)  # fmt: skip
-    return transformers.Qwen3ForCausalLM(cfg).eval()
-
-
-def _gemma3():
-    torch.manual_seed(0)
-    cfg = _config(
-        transformers.Gemma3TextConfig, num_hidden_layers=4, num_key_value_heads=1, head_dim=16,
-        sliding_window=16,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"],
-    )  # fmt: skip
-    return transformers.Gemma3ForCausalLM(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def llama():
-    return _llama()
+    return tiny_lm("llama", layers=4)
 
 
 @pytest.fixture(scope="module")
 def batch():
-    """Three prompts of 40, 33 and 26 tokens, left-padded to 40."""
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 101, (3, N), generator=gen)
-    mask = torch.ones_like(ids)
-    for row, pad in ((1, 7), (2, 14)):
-        ids[row, :pad] = 0
-        mask[row, :pad] = 0
-    return ids, mask
-
-
-def _generate(model, ids, mask=None, steps=5):
-    out = model.generate(
-        ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-        pad_token_id=0, output_scores=True, return_dict_in_generate=True,
-    )  # fmt: skip
-    return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, dim=1)
+    return padded_batch()
 
 
 def _times(cache, layer: int) -> set[int]:
@@ -140,9 +94,9 @@ def test_progressive_sites_shrink_the_layers(llama, batch):
 def test_nothing_removed_changes_nothing(llama, batch):
     """Every site runs (gathers, masks, auxiliary states) but keeps all tokens."""
     ids, mask = batch
-    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    ref_tokens, ref_scores = generate(llama, ids, mask)
     with tokenreduce.patch(llama, LazyLLM(prune_ratio=0.02)) as handle:
-        tokens, scores = _generate(llama, ids, mask)
+        tokens, scores = generate(llama, ids, mask)
         assert handle.trace.kv_entries == [None, N, N, N]
     assert torch.equal(tokens, ref_tokens)
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
@@ -155,17 +109,17 @@ def test_nothing_removed_changes_nothing(llama, batch):
 
 
 # -- batches and families ----------------------------------------------------------------------
-@pytest.mark.parametrize("build_model", [_llama, _qwen3, _gemma3], ids=["llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
 @pytest.mark.parametrize("revive", [True, False])
-def test_batched_equals_per_sample(build_model, revive, batch):
-    model = build_model()
+def test_batched_equals_per_sample(family, revive, batch):
+    model = tiny_lm(family, layers=4)
     ids, mask = batch
-    _, ref_scores = _generate(model, ids, mask)
+    _, ref_scores = generate(model, ids, mask)
     method = LazyLLM(prune_ratio=0.75, revive=revive, keep_last=3)
     with tokenreduce.patch(model, method):
-        tokens, scores = _generate(model, ids, mask)
+        tokens, scores = generate(model, ids, mask)
         for row in range(ids.shape[0]):
-            t1, s1 = _generate(model, ids[row : row + 1, mask[row] == 1])
+            t1, s1 = generate(model, ids[row : row + 1, mask[row] == 1])
             assert torch.equal(tokens[row : row + 1], t1), f"sample {row}"
             torch.testing.assert_close(scores[row : row + 1], s1, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(scores, ref_scores, atol=1e-3)

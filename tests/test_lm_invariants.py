@@ -17,10 +17,11 @@ from tokenreduce import methods
 from tokenreduce.adapters.hf_decoder import cache_bytes
 from tokenreduce.methods.base import InvalidParameter
 
+from .lmutil import PROMPT, generate, padded_batch, tiny_lm
+
 transformers = pytest.importorskip("transformers")
 
 KV_METHODS = [n for n in methods.available() if methods.get(n).kind == "kv_cache"]
-PROMPT = 40  # tokens of the longest prompt
 SMALL = {"window_size": 6, "n_sink": 2}  # window-like parameters sized for short prompts
 
 
@@ -39,39 +40,14 @@ def make(name: str, **kw) -> methods.Method:
     return cls(**{k: v for k, v in SMALL.items() if k in fields}, **kw)
 
 
-def _llama(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        initializer_range=0.3, attn_implementation="sdpa",
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def llama():
-    return _llama()
+    return tiny_lm("llama", layers=2)
 
 
 @pytest.fixture(scope="module")
 def batch():
-    """Three prompts of 40, 33 and 26 tokens, left-padded to 40."""
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 101, (3, PROMPT), generator=gen)
-    mask = torch.ones_like(ids)
-    for row, pad in ((1, 7), (2, 14)):
-        ids[row, :pad] = 0
-        mask[row, :pad] = 0
-    return ids, mask
-
-
-def _generate(model, ids, mask=None, steps=6):
-    out = model.generate(
-        ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-        pad_token_id=0, output_scores=True, return_dict_in_generate=True,
-    )  # fmt: skip
-    return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, dim=1)
+    return padded_batch()
 
 
 def _cache_lengths(cache) -> list[int]:
@@ -83,10 +59,10 @@ def _cache_lengths(cache) -> list[int]:
 def test_zero_compression_is_identity(name, llama, batch):
     ids, mask = batch
     ref_logits = llama(ids, attention_mask=mask).logits
-    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    ref_tokens, ref_scores = generate(llama, ids, mask)
     with tokenreduce.patch(llama, make(name, compression_ratio=0.0)):
         logits = llama(ids, attention_mask=mask).logits
-        tokens, scores = _generate(llama, ids, mask)
+        tokens, scores = generate(llama, ids, mask)
     assert torch.equal(logits, ref_logits)
     assert torch.equal(tokens, ref_tokens)
     assert torch.equal(scores, ref_scores)
@@ -97,9 +73,9 @@ def test_budget_of_full_length_changes_nothing(name, llama, batch):
     """The reduction path runs (cache rebuilt, masks and positions handled by the adapter)
     but keeps every entry: generation must continue exactly as without it."""
     ids, mask = batch
-    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    ref_tokens, ref_scores = generate(llama, ids, mask)
     with tokenreduce.patch(llama, make(name, cache_budget=PROMPT)) as handle:
-        tokens, scores = _generate(llama, ids, mask)
+        tokens, scores = generate(llama, ids, mask)
         assert handle.trace.kv_entries == [PROMPT, PROMPT]
     assert torch.equal(tokens, ref_tokens)
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
@@ -162,10 +138,10 @@ def test_batched_equals_per_sample(name, llama, batch):
     ids, mask = batch
     method = make(name, compression_ratio=0.5)
     with tokenreduce.patch(llama, method):
-        tokens, scores = _generate(llama, ids, mask)
+        tokens, scores = generate(llama, ids, mask)
         for row in range(ids.shape[0]):
             real = ids[row : row + 1, mask[row] == 1]
-            t1, s1 = _generate(llama, real)
+            t1, s1 = generate(llama, real)
             assert torch.equal(tokens[row : row + 1], t1), f"sample {row}"
             torch.testing.assert_close(scores[row : row + 1], s1, atol=1e-4, rtol=1e-4)
 
@@ -173,54 +149,33 @@ def test_batched_equals_per_sample(name, llama, batch):
 @pytest.mark.parametrize("name", KV_METHODS)
 def test_reduction_changes_generation_and_unpatch_restores(name, llama, batch):
     ids, mask = batch
-    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    ref_tokens, ref_scores = generate(llama, ids, mask)
     with tokenreduce.patch(llama, make(name, compression_ratio=0.75)):
-        _, scores = _generate(llama, ids, mask)
+        _, scores = generate(llama, ids, mask)
     assert not torch.allclose(scores, ref_scores, atol=1e-3)
     assert "forward" not in vars(llama.model.layers[0].self_attn)
-    tokens, scores2 = _generate(llama, ids, mask)
+    tokens, scores2 = generate(llama, ids, mask)
     assert torch.equal(tokens, ref_tokens) and torch.equal(scores2, ref_scores)
 
 
 # -- other families ----------------------------------------------------------------------------
-def _qwen3():
-    torch.manual_seed(0)
-    cfg = transformers.Qwen3Config(
-        vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-        initializer_range=0.3, attn_implementation="sdpa",
-    )  # fmt: skip
-    return transformers.Qwen3ForCausalLM(cfg).eval()
-
-
-def _gemma3():
-    torch.manual_seed(0)
-    cfg = transformers.Gemma3TextConfig(
-        vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-        sliding_window=16, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        initializer_range=0.3, attn_implementation="sdpa",
-    )  # fmt: skip
-    return transformers.Gemma3ForCausalLM(cfg).eval()
-
-
-@pytest.mark.parametrize("build", [_qwen3, _gemma3], ids=["qwen3", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
 @pytest.mark.parametrize("name", ["snapkv", "h2o"])
-def test_other_families_batched_and_budget(build, name, batch):
-    model = build()
+def test_other_families_batched_and_budget(family, name, batch):
+    model = tiny_lm(family, layers=3 if family == "gemma3" else 2)
     ids, mask = batch
-    ref_tokens, _ = _generate(model, ids, mask)
+    ref_tokens, _ = generate(model, ids, mask)
     with tokenreduce.patch(model, make(name, cache_budget=PROMPT)):
-        tokens, _ = _generate(model, ids, mask)
+        tokens, _ = generate(model, ids, mask)
     assert torch.equal(tokens, ref_tokens)
     with tokenreduce.patch(model, make(name, compression_ratio=0.5)) as handle:
-        tokens, scores = _generate(model, ids, mask)
-        t1, s1 = _generate(model, ids[1:2, mask[1] == 1])
+        tokens, scores = generate(model, ids, mask)
+        t1, s1 = generate(model, ids[1:2, mask[1] == 1])
     assert torch.equal(tokens[1:2], t1)
     torch.testing.assert_close(scores[1:2], s1, atol=1e-4, rtol=1e-4)
     # Gemma's sliding layers (window 16 < prompt) keep their own bounded cache.
     n_reduced = sum(e is not None for e in handle.trace.kv_entries)
-    assert n_reduced == (1 if build is _gemma3 else 2)
+    assert n_reduced == (1 if family == "gemma3" else 2)
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -307,9 +262,9 @@ def test_decode_every_with_budget_of_full_length_changes_nothing(name, llama, ba
     """A budget above prompt plus generated tokens: every reduction while decoding runs (the
     cache is re-gathered, masks rebuilt) but keeps all entries."""
     ids, mask = batch
-    ref_tokens, ref_scores = _generate(llama, ids, mask, steps=8)
+    ref_tokens, ref_scores = generate(llama, ids, mask, steps=8)
     with tokenreduce.patch(llama, make(name, cache_budget=PROMPT + 8, decode_every=2)):
-        tokens, scores = _generate(llama, ids, mask, steps=8)
+        tokens, scores = generate(llama, ids, mask, steps=8)
     assert torch.equal(tokens, ref_tokens)
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
 
@@ -337,7 +292,7 @@ def test_h2o_accumulates_attention_while_decoding(llama, batch):
         )  # fmt: skip
     state = out.past_key_values._tokenreduce_kv
     seq = out.sequences[:, :-1]  # the last token was never fed
-    eager = _llama()
+    eager = tiny_lm("llama", layers=2)
     eager.config._attn_implementation = "eager"
     for layer in eager.model.layers:
         layer.self_attn.config._attn_implementation = "eager"
@@ -355,9 +310,9 @@ def test_decode_every_batched_equals_per_sample(name, llama, batch):
     ids, mask = batch
     method = make(name, compression_ratio=0.5, decode_every=3)
     with tokenreduce.patch(llama, method):
-        tokens, scores = _generate(llama, ids, mask, steps=10)
+        tokens, scores = generate(llama, ids, mask, steps=10)
         for row in range(ids.shape[0]):
-            t1, s1 = _generate(llama, ids[row : row + 1, mask[row] == 1], steps=10)
+            t1, s1 = generate(llama, ids[row : row + 1, mask[row] == 1], steps=10)
             assert torch.equal(tokens[row : row + 1], t1), f"sample {row}"
             torch.testing.assert_close(scores[row : row + 1], s1, atol=1e-4, rtol=1e-4)
 
@@ -366,9 +321,9 @@ def test_decode_every_batched_equals_per_sample(name, llama, batch):
 def test_decode_every_changes_generation(name, llama, batch):
     ids, mask = batch
     with tokenreduce.patch(llama, make(name, cache_budget=30)):
-        _, once = _generate(llama, ids, mask, steps=12)
+        _, once = generate(llama, ids, mask, steps=12)
     with tokenreduce.patch(llama, make(name, cache_budget=30, decode_every=2)):
-        _, held = _generate(llama, ids, mask, steps=12)
+        _, held = generate(llama, ids, mask, steps=12)
     assert not torch.allclose(once, held, atol=1e-4)
 
 
@@ -395,14 +350,14 @@ def make_prefill(name: str, ratio: float) -> methods.Method:
 def test_prefill_zero_is_identity_and_nothing_removed_changes_nothing(name, llama, batch):
     ids, mask = batch
     ref_logits = llama(ids, attention_mask=mask).logits
-    ref_tokens, ref_scores = _generate(llama, ids, mask)
+    ref_tokens, ref_scores = generate(llama, ids, mask)
     with tokenreduce.patch(llama, make_prefill(name, 0.0)):
         assert torch.equal(llama(ids, attention_mask=mask).logits, ref_logits)
-        tokens, scores = _generate(llama, ids, mask)
+        tokens, scores = generate(llama, ids, mask)
     assert torch.equal(tokens, ref_tokens) and torch.equal(scores, ref_scores)
     # A ratio too small to remove a token still runs the pruned path (gathers, own masks).
     with tokenreduce.patch(llama, make_prefill(name, 0.01)) as handle:
-        tokens, scores = _generate(llama, ids, mask)
+        tokens, scores = generate(llama, ids, mask)
         assert handle.trace.kv_entries == [None, PROMPT]
     assert torch.equal(tokens, ref_tokens)
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
@@ -425,11 +380,11 @@ def test_prefill_pruning_shrinks_later_layers(name, llama, batch):
 @pytest.mark.parametrize("name", PREFILL)
 def test_prefill_batched_equals_per_sample(name, llama, batch):
     ids, mask = batch
-    ref_tokens, _ = _generate(llama, ids, mask)
+    ref_tokens, _ = generate(llama, ids, mask)
     with tokenreduce.patch(llama, make_prefill(name, 0.5)):
-        tokens, scores = _generate(llama, ids, mask)
+        tokens, scores = generate(llama, ids, mask)
         for row in range(ids.shape[0]):
-            t1, s1 = _generate(llama, ids[row : row + 1, mask[row] == 1])
+            t1, s1 = generate(llama, ids[row : row + 1, mask[row] == 1])
             assert torch.equal(tokens[row : row + 1], t1), f"sample {row}"
             torch.testing.assert_close(scores[row : row + 1], s1, atol=1e-4, rtol=1e-4)
     assert not torch.equal(tokens, ref_tokens)
