@@ -54,33 +54,45 @@ def grouped_attention_received(
     Returns:
         (B, Hkv, N) float32 scores.
     """
-    b, hq, nq, _ = q.shape
+    b, hq, nq, d = q.shape
     hkv, n = k.shape[1], k.shape[2]
     g = hq // hkv
-    kf = k.float().repeat_interleave(g, dim=1)
+    kf = k.float()
+    # masks broadcast over (B, Hkv, G, rows, keys): a query head's rows are grouped under the
+    # KV head it shares, so the keys are never copied per query head
     if k_index is None:
-        keys = torch.arange(n, device=k.device)[None, None, None, :]
+        keys = torch.arange(n, device=k.device)[None, None, None, None, :]
     else:
-        keys = k_index.repeat_interleave(g, dim=1)[:, :, None, :]  # (B, Hq, 1, N)
+        keys = k_index[:, :, None, None, :]
     if valid.dim() == 3:
-        key_ok = valid.repeat_interleave(g, dim=1)[:, :, None, :]  # (B, Hq, 1, N)
+        key_ok = valid[:, :, None, None, :]
         q_valid = (
             torch.ones(b, nq, dtype=torch.bool, device=k.device) if q_valid is None else q_valid
         )
     else:
-        key_ok = valid[:, None, None, :]
+        key_ok = valid[:, None, None, None, :]
         q_valid = valid[:, q_index] if q_valid is None else q_valid
-    out = torch.zeros(b, hq, n, device=k.device)
+    out = torch.zeros(b, hkv, g, n, device=k.device)
     for start in range(0, nq, chunk):
         rows = q_index[start : start + chunk]
-        logits = (q[:, :, start : start + chunk].float() * scale) @ kf.transpose(-2, -1)
-        allowed = key_ok & (keys <= rows[None, None, :, None])
+        c = rows.shape[0]
+        lo, hi = 0, n
+        if k_index is None:  # keys in sequence order: skip those no row of the chunk can see
+            hi = int(rows.max()) + 1
+            if window is not None:
+                lo = max(0, int(rows.min()) - window + 1)
+        qc = (q[:, :, start : start + chunk].float() * scale).reshape(b, hkv, g * c, d)
+        logits = (qc @ kf[:, :, lo:hi].transpose(-2, -1)).view(b, hkv, g, c, hi - lo)
+        seen = keys[..., lo:hi]
+        r = rows[:, None]
+        allowed = key_ok[..., lo:hi] & (seen <= r) & q_valid[:, None, None, start : start + c, None]
         if window is not None:
-            allowed = allowed & (keys > rows[None, None, :, None] - window)
-        probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-        row_ok = q_valid[:, start : start + chunk].to(probs.dtype)[:, None, :, None]
-        out += (probs.nan_to_num(0.0) * row_ok).sum(dim=2)
-    return out.view(b, hkv, g, n).mean(dim=2)
+            allowed = allowed & (seen > r - window)
+        # an additive bias is cheaper than masked_fill on a broadcast mask
+        bias = torch.zeros(allowed.shape, device=k.device).masked_fill_(~allowed, float("-inf"))
+        probs = logits.add_(bias).softmax(dim=-1)
+        out[..., lo:hi] += probs.nan_to_num_(0.0).sum(dim=3)  # rows with no key: NaN -> 0
+    return out.mean(dim=2)
 
 
 def pool_scores(scores: Tensor, kernel: int) -> Tensor:
