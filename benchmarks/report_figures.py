@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--task", required=True, help="task of the group to export")
     ap.add_argument("--model", help="model name (default: the only one stored for the task)")
     ap.add_argument("--threads", type=int, help="only the group measured with these threads")
+    ap.add_argument("--data", help="only the group whose data id contains this text")
     ap.add_argument("--figures", type=Path, help="file prefix of the PNG files")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
@@ -37,6 +38,7 @@ def main() -> None:
             if g[0] == args.task
             and args.model in (None, g[1], g[1].rpartition("@")[0])
             and args.threads in (None, json.loads(g[3]).get("threads"))
+            and (args.data is None or args.data in g[2])
         }
         if len(found) != 1:
             names = "; ".join(f"{g[1]} {g[2]} {g[3]}" for g in found) or "none"
