@@ -1,12 +1,14 @@
-"""``grouped_attention_received`` (the attention rows the KV-cache methods score with) against
-a dense reference: one full softmax per query head, masked, summed over the query rows."""
+"""The scoring pieces of the KV-cache methods: ``grouped_attention_received`` (the attention
+rows they score with) against a dense reference (one full softmax per query head, masked,
+summed over the query rows), and the pooling of SnapKV and PyramidKV."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tokenreduce.core.kv import grouped_attention_received
+from tokenreduce.core.kv import grouped_attention_received, pool_scores
+from tokenreduce.methods import InvalidParameter, build
 
 
 def reference(q, k, q_index, valid, scale, q_valid=None, k_index=None, window=None):
@@ -58,3 +60,20 @@ def test_matches_dense_reference(case, seed):
         got, reference(q, k, q_index, valid, 0.3, **kw), atol=1e-5, rtol=1e-5
     )
     assert torch.equal(q, q_before)  # the queries were not scaled in place
+
+
+def test_pooling_modes():
+    scores = torch.tensor([[[0.0, 0.0, 0.0, 9.0, 0.0, 0.0, 0.0, 3.0]]])
+    assert torch.equal(pool_scores(scores, 1, "max"), scores)
+    maxed = pool_scores(scores, 3, "max")[0, 0]
+    assert maxed.tolist() == [0.0, 0.0, 9.0, 9.0, 9.0, 0.0, 3.0, 3.0]
+    avg = pool_scores(scores, 3, "avg")[0, 0]
+    torch.testing.assert_close(avg[2:5], torch.full((3,), 3.0))  # zero padding at the edges
+    assert avg.sum() < maxed.sum()
+
+
+@pytest.mark.parametrize("name", ["snapkv", "pyramidkv"])
+def test_pooling_parameter_is_checked(name):
+    with pytest.raises(InvalidParameter, match="pooling.*'avg' or 'max'"):
+        build(f"{name}:pooling=min")
+    assert build(f"{name}:pooling=max,kernel_size=7").pooling == "max"

@@ -95,13 +95,16 @@ def grouped_attention_received(
     return out.mean(dim=2)
 
 
-def pool_scores(scores: Tensor, kernel: int) -> Tensor:
-    """Average-pool scores along the sequence (SnapKV's clustering of neighbouring tokens).
+def pool_scores(scores: Tensor, kernel: int, mode: str = "avg") -> Tensor:
+    """Pool scores along the sequence (SnapKV's clustering of neighbouring tokens): ``"avg"``
+    smooths them, ``"max"`` gives every entry the best score within ``kernel // 2`` of it, so
+    the whole neighbourhood of a strongly attended token survives with it.
     scores: (B, H, N); an odd ``kernel`` keeps N; 1 is the identity."""
     if kernel <= 1:
         return scores
     b, h, n = scores.shape
-    pooled = F.avg_pool1d(scores.reshape(b * h, 1, n), kernel, stride=1, padding=kernel // 2)
+    pool = {"avg": F.avg_pool1d, "max": F.max_pool1d}[mode]
+    pooled = pool(scores.reshape(b * h, 1, n), kernel, stride=1, padding=kernel // 2)
     return pooled[..., :n].reshape(b, h, n)
 
 

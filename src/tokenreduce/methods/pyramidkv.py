@@ -24,7 +24,7 @@ class PyramidKV(SnapKV):
 
     Parameters:
         beta: ratio of the mean to the smallest layer budget (a number >= 1; the paper uses 20).
-        window_size, kernel_size: see :class:`SnapKV`.
+        window_size, kernel_size, pooling: see :class:`SnapKV`.
         compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 

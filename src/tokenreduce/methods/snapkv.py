@@ -20,8 +20,9 @@ class SnapKV(KVCacheMethod):
 
     The last ``window_size`` queries (RoPE applied, computed for those rows only) attend to
     the prompt; the attention each entry receives is summed over the window, averaged over the
-    query heads of each KV head, and smoothed by average pooling over ``kernel_size``
-    neighbours so that whole phrases survive. Selection is per KV head; the window itself is
+    query heads of each KV head, and pooled over ``kernel_size`` neighbours so that whole
+    phrases survive (average pooling, the paper's default; its code also offers max pooling,
+    which keeps every token next to a strongly attended one, e.g. all digits of a number). Selection is per KV head; the window itself is
     always kept.
 
     While generating with ``decode_every``, the observation window is the ``window_size``
@@ -31,6 +32,7 @@ class SnapKV(KVCacheMethod):
     Parameters:
         window_size: observation window, in tokens (an integer >= 1).
         kernel_size: pooling width (an odd integer >= 1; 1 disables pooling).
+        pooling: ``"avg"`` or ``"max"``.
         compression_ratio, cache_budget, decode_every: see :class:`KVCacheMethod`.
     """
 
@@ -39,6 +41,7 @@ class SnapKV(KVCacheMethod):
     decodes = True
     window_size: int = 32
     kernel_size: int = 5
+    pooling: str = "avg"
 
     def __post_init__(self) -> None:
         check(
@@ -55,6 +58,7 @@ class SnapKV(KVCacheMethod):
             _is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
             "an odd integer >= 1",
         )
+        check(self.name, "pooling", self.pooling, self.pooling in ("avg", "max"), "'avg' or 'max'")
         super().__post_init__()
 
     def num_protected(self) -> int:
@@ -70,6 +74,6 @@ class SnapKV(KVCacheMethod):
         return self.window_size
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
-        scores = pool_scores(ctx.attention(self.window_size), self.kernel_size)
+        scores = pool_scores(ctx.attention(self.window_size), self.kernel_size, self.pooling)
         window = self.recent(ctx, self.window_size)
         return scores.masked_fill(window[:, None, :], torch.inf)
