@@ -59,3 +59,9 @@ def test_prose_comes_from_the_environment_when_set(tmp_path, monkeypatch):
     monkeypatch.setenv(JARGON_ENV, str(tmp_path / "missing.txt.gz"))
     with pytest.raises(FileNotFoundError, match=f"missing.txt.gz not found.*{JARGON_ENV}"):
         jargon_sentences()
+
+
+def test_text_without_prose_is_refused(tmp_path):
+    (tmp_path / "list.txt").write_text("one\ntwo\n\nthree\n")
+    with pytest.raises(ValueError, match="list.txt: no prose found"):
+        jargon_sentences(tmp_path / "list.txt")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
-#: where the Jargon File is read from when it is not installed system-wide (``./run`` sets it
-#: to the Debian package extracted into the checkout's ``.cache``)
+#: names the Jargon File to read instead of the Debian location (``./run`` sets it, to the
+#: package extracted into the checkout's ``.cache`` when it is not installed)
 JARGON_ENV = "TOKENREDUCE_JARGON"
 TASKS = ("niah", "multikey", "vt")
 _KEYS = ("apple", "river", "violin", "copper", "falcon", "meadow", "lantern", "pepper")
@@ -53,7 +53,7 @@ def jargon_path() -> Path:
 def jargon_sentences(path: str | Path | None = None) -> list[str]:
     """Prose sentences of the Jargon File, or of the text file ``path`` (gzip-compressed
     when its name ends in ``.gz``): paragraphs separated by blank lines, tables, headers and
-    short lines left out."""
+    short lines left out. ``ValueError`` when no paragraph qualifies."""
     given = path is not None
     path = Path(path) if given else jargon_path()
     if not path.is_file():
@@ -75,6 +75,11 @@ def jargon_sentences(path: str | Path | None = None) -> list[str]:
         if len(flat) < 200 or sum(c.isalpha() for c in flat) < 0.7 * len(flat):
             continue
         sentences += [s for s in re.split(r"(?<=[.!?])\s+", flat) if 20 <= len(s) <= 400]
+    if not sentences:
+        raise ValueError(
+            f"{path}: no prose found (paragraphs of at least 200 characters, mostly letters, "
+            "are needed)"
+        )
     return sentences
 
 

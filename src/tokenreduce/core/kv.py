@@ -89,8 +89,7 @@ def grouped_attention_received(
         if window is not None:
             allowed = allowed & (seen > r - window)
         # an additive bias is cheaper than masked_fill on a broadcast mask
-        bias = torch.zeros(allowed.shape, device=k.device).masked_fill_(~allowed, float("-inf"))
-        probs = logits.add_(bias).softmax(dim=-1)
+        probs = logits.add_(torch.where(allowed, 0.0, float("-inf"))).softmax(dim=-1)
         out[..., lo:hi] += probs.nan_to_num_(0.0).sum(dim=3)  # rows with no key: NaN -> 0
     return out.mean(dim=2)
 

@@ -22,8 +22,8 @@ class SnapKV(KVCacheMethod):
     the prompt; the attention each entry receives is summed over the window, averaged over the
     query heads of each KV head, and pooled over ``kernel_size`` neighbours so that whole
     phrases survive (average pooling, the paper's default; its code also offers max pooling,
-    which keeps every token next to a strongly attended one, e.g. all digits of a number). Selection is per KV head; the window itself is
-    always kept.
+    which keeps every token next to a strongly attended one, e.g. all digits of a number).
+    Selection is per KV head; the window itself is always kept.
 
     While generating with ``decode_every``, the observation window is the ``window_size``
     most recent tokens (the prompt's last ones, then the generated ones); the adapter keeps

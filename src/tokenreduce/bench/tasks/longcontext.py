@@ -257,11 +257,6 @@ class LongContextTask(Task):
         contexts = tuple(options.context) or ((QUICK_CONTEXT,) if q else DEFAULT_CONTEXTS)
         limit = options.limit or (QUICK_LIMIT if q else 10)
         sentences = lmtasks.jargon_sentences(options.data)
-        if not sentences:
-            raise ValueError(
-                f"{options.data or lmtasks.jargon_path()}: no prose found (paragraphs of at least 200 "
-                "characters, mostly letters, are needed)"
-            )
         check_lm(loaded.model, loaded.tokenizer, cls.name)
         check_length(loaded.model, max(contexts))
         seed = 0

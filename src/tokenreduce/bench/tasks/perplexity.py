@@ -139,8 +139,6 @@ class Perplexity(Task):
         continuation = 64
         check_length(loaded.model, max(contexts) + continuation)
         sentences = lmtasks.jargon_sentences(options.data)
-        if not sentences:
-            raise ValueError(f"{options.data or lmtasks.jargon_path()}: no prose found")
         seed = 0
         chunks = {
             c: prose_chunks(sentences, loaded.tokenizer, c + continuation, limit, seed)
