@@ -7,7 +7,8 @@
 """
 
 from . import methods
+from .adapters.base import ReductionNotApplied
 from .api import Handle, handle_of, patch, unpatch
 
 __version__ = "0.1.0"
-__all__ = ["Handle", "handle_of", "methods", "patch", "unpatch", "__version__"]
+__all__ = ["Handle", "ReductionNotApplied", "handle_of", "methods", "patch", "unpatch", "__version__"]

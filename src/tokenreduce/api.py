@@ -55,7 +55,7 @@ class Handle:
     def remove(self) -> None:
         """Restore the model exactly (same outputs, same state dict). Idempotent."""
         if self.active:
-            self._adapter.unpatch()
+            self._adapter.uninstall()
             delattr(self.model, _ATTR)
 
     def __enter__(self) -> Handle:
@@ -78,6 +78,15 @@ def patch(model: nn.Module, method: Method | str) -> Handle:
 
     Returns:
         A :class:`Handle`; ``handle.remove()`` or leaving its ``with`` block unpatches.
+
+    Raises:
+        TypeError: the model's family is not supported (the message lists those that are).
+        InvalidParameter: the method's parameters do not fit this model.
+        RuntimeError: the model is already patched.
+
+    Every forward of the patched model is guarded: one in which the reduction did not take
+    effect raises :class:`~tokenreduce.adapters.base.ReductionNotApplied` rather than
+    returning the unreduced model's output.
     """
     method = build(method)
     existing = getattr(model, _ATTR, None)
@@ -87,7 +96,7 @@ def patch(model: nn.Module, method: Method | str) -> Handle:
             "call handle.remove() (or tokenreduce.unpatch(model)) first"
         )
     adapter = find_adapter(model)(model, method)
-    adapter.patch()
+    adapter.install()
     handle = Handle(model, adapter)
     setattr(model, _ATTR, handle)
     return handle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -12,6 +13,28 @@ from ..core.budgets import Budget
 from ..core.context import ModelInfo, TokenContext
 from ..core.state import TokenState
 from ..methods.base import Method
+
+
+class ReductionNotApplied(RuntimeError):
+    """A patched model ran a forward in which its reduction did not take effect: no site ran,
+    or a site ran but the tokens or cache entries it should have removed are still there.
+
+    Raised instead of returning unreduced results labelled as reduced. The message names the
+    method, the model class, what was expected and the versions of the libraries involved
+    (a model library that changed its internals is the usual cause)."""
+
+
+def library_versions() -> str:
+    """``"tokenreduce 0.1.0, torch 2.14.1, transformers 5.24.0"``: the versions of this
+    package, torch and whichever model libraries (transformers, timm) are imported."""
+    from .. import __version__
+
+    parts = [f"tokenreduce {__version__}"]
+    for name in ("torch", "transformers", "timm"):
+        module = sys.modules.get(name)
+        if module is not None:
+            parts.append(f"{name} {getattr(module, '__version__', '?')}")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -55,9 +78,54 @@ class Adapter:
     def unpatch(self) -> None:
         raise NotImplementedError
 
+    # -- never silent ---------------------------------------------------------------------
+    def install(self) -> None:
+        """Patch the model and guard every top-level forward: it must reach a site
+        (:meth:`site_fired`) and pass :meth:`verify`, else :class:`ReductionNotApplied`."""
+        self.patch()
+        self._fired = 0
+        self._guard = (
+            self.model.register_forward_pre_hook(self._guard_begin),
+            self.model.register_forward_hook(self._guard_end),
+        )
+
+    def uninstall(self) -> None:
+        for hook in getattr(self, "_guard", ()):
+            hook.remove()
+        self._guard = ()
+        self.unpatch()
+
+    def site_fired(self) -> None:
+        """Called by the adapter's code at every site it reaches during a forward."""
+        self._fired += 1
+
+    def _guard_begin(self, module: nn.Module, args) -> None:
+        self._fired = 0
+
+    def _guard_end(self, module: nn.Module, args, output) -> None:
+        if self._fired == 0:
+            raise self.not_applied(
+                "the forward ran without reaching any of the sites tokenreduce patched, so "
+                "its output is the unreduced model's"
+            )
+        self.verify(output)
+
+    def verify(self, output) -> None:
+        """Check, after a forward that reached its sites, that the reduction took effect;
+        raise :meth:`not_applied` otherwise. Token-sequence sites reduce where they run, so
+        the default checks nothing more."""
+
+    def not_applied(self, what: str) -> ReductionNotApplied:
+        return ReductionNotApplied(
+            f"{self.method!r} did not act on {type(self.model).__name__}: {what}. "
+            f"Versions: {library_versions()}. The model library may have changed the internals "
+            "this adapter relies on; please report it with this message."
+        )
+
     # -- the shared site logic of token-sequence adapters ---------------------------------
     def begin(self, layer: int, x: torch.Tensor) -> TokenState:
         """Called by every block before attention; the first block starts a new trace."""
+        self.site_fired()
         if layer == 0:
             b, n = x.shape[:2]
             self.trace.state = TokenState.initial(b, n, self.info.num_prefix, x.device)
