@@ -1,5 +1,5 @@
-"""Helpers for the language-model tests: tiny random decoders, a left-padded batch, greedy
-generation with its scores."""
+"""Helpers for the language-model tests: tiny random decoders, an offline byte-level
+tokenizer, a left-padded batch, greedy generation with its scores."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ import torch
 PROMPT = 40  # tokens of the longest prompt in :func:`padded_batch`
 
 
-def tiny_lm(family: str = "llama", layers: int = 2, seed: int = 0) -> torch.nn.Module:
-    """A random decoder of ``family`` (``llama``, ``qwen3`` or ``gemma3``): vocabulary 101,
-    width 64, 4 query heads, SDPA attention. Gemma-3's first two layers use a 16-token
-    sliding window, the others full attention."""
+# ChatML, SmolLM2's chat format: the template of :func:`byte_tokenizer`
+CHAT = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_lm(
+    family: str = "llama", layers: int = 2, seed: int = 0, vocab_size: int = 101
+) -> torch.nn.Module:
+    """A random decoder of ``family`` (``llama``, ``qwen3`` or ``gemma3``): vocabulary
+    ``vocab_size``, width 64, 4 query heads, SDPA attention. Gemma-3's first two layers use a
+    16-token sliding window, the others full attention."""
     import transformers
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
         num_attention_heads=4, max_position_embeddings=256, initializer_range=0.3,
         attn_implementation="sdpa",
     )  # fmt: skip
@@ -33,6 +42,27 @@ def tiny_lm(family: str = "llama", layers: int = 2, seed: int = 0) -> torch.nn.M
         )
         return transformers.Gemma3ForCausalLM(cfg).eval()
     raise ValueError(f"unknown family {family!r}")
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer built in memory (no download): every byte is a token, plus the
+    chat markers, so any text round-trips. Pads with ``<|endoftext|>``, ends with
+    ``<|im_end|>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tok.chat_template = CHAT
+    return tok
 
 
 def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:

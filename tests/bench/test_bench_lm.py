@@ -17,16 +17,13 @@ from typer.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")
 
+from tests.lmutil import byte_tokenizer  # noqa: E402
 from tokenreduce.bench.models import load  # noqa: E402
 from tokenreduce.bench.tasks import Options, get  # noqa: E402
 from tokenreduce.bench.tasks.longcontext import LongContextTask  # noqa: E402
 from tokenreduce.cli import app  # noqa: E402
 
 LAYERS, KV_HEADS, HEAD_DIM = 4, 2, 16
-CHAT = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,26 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def byte_tokenizer():
-    """A byte-level tokenizer built in memory (no download): every byte is a token, plus the
-    chat markers, so any text round-trips."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
-        vocab[special] = len(vocab)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    tok.chat_template = CHAT
-    return tok
 
 
 @pytest.fixture(scope="session")

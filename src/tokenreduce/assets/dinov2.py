@@ -125,7 +125,7 @@ def _state_dict(weights: dict[str, Any], expected: set[str]) -> dict[str, Any]:
 def convert(dest: Path) -> None:
     """Rebuild ``Dinov2Model`` from the ONNX file and save it, with its image processor, as a
     Hugging Face folder at ``dest``."""
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+    from transformers import Dinov2Config, Dinov2Model
 
     model = Dinov2Model(Dinov2Config(**CONFIG)).eval()
     expected = set(model.state_dict())
@@ -138,7 +138,15 @@ def convert(dest: Path) -> None:
             f"{sorted(unexpected)}"
         )
     model.load_state_dict(state, strict=False)
-    processor = BitImageProcessor(
+    save_pretrained_folder(dest, model, image_processor())
+
+
+def image_processor() -> Any:
+    """DINOv2's ``BitImageProcessor``: shorter side to 256 (bicubic), centre crop 224,
+    ImageNet normalisation: ``pixel_values`` of shape (B, 3, 224, 224) for B images."""
+    from transformers import BitImageProcessor
+
+    return BitImageProcessor(
         do_resize=True,
         size={"shortest_edge": 256},
         resample=3,  # bicubic
@@ -149,7 +157,6 @@ def convert(dest: Path) -> None:
         image_std=list(STD),
         do_convert_rgb=True,
     )
-    save_pretrained_folder(dest, model, processor)
 
 
 def folder() -> Path:

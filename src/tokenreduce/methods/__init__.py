@@ -1,31 +1,39 @@
 """Token reduction methods: one small dataclass per named method, registered by name.
 
+Each method class is importable from here under its own name (``tokenreduce.methods.ToMe``,
+``EViT``, ``SnapKV``, ...), and by its registered name through :func:`get` / :func:`build`.
+
 >>> from tokenreduce import methods
 >>> [n for n in methods.available() if methods.get(n).kind == "tokens"]
 ['evit', 'pool', 'prunemerge', 'random', 'tome', 'topk']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
+>>> methods.ToMe(r=13) == methods.build("tome:r=13")
+True
 """
 
-from . import (  # noqa: F401  (registration)  # noqa: F401,I001
-    evit,
-    fastv,
-    h2o,
-    knorm,
-    kv_random,
-    lazyllm,
-    pool,
-    prunemerge,
-    pyramidkv,
-    random,
-    snapkv,
-    streamingllm,
-    tome,
-    topk,
-    tova,
-)
 from .base import InvalidParameter, Method, available, build, describe, get, parse_spec, register
+from .evit import EViT
+from .fastv import FastV
+from .h2o import H2O
+from .knorm import KNorm
+from .kv_base import KVCacheMethod
+from .kv_random import KVRandom
+from .lazyllm import LazyLLM
+from .pool import Pool
+from .prunemerge import PruneMerge
+from .pruning import KeepRatioMethod
+from .pyramidkv import PyramidKV
+from .random import RandomPrune
+from .snapkv import SnapKV
+from .streamingllm import StreamingLLM
+from .tome import ToMe
+from .topk import TopK
+from .tova import TOVA
 
 __all__ = [
-    "InvalidParameter", "Method", "available", "build", "describe", "get", "parse_spec", "register",
-]
+    "EViT", "FastV", "H2O", "InvalidParameter", "KNorm", "KVCacheMethod", "KVRandom",
+    "KeepRatioMethod", "LazyLLM", "Method", "Pool", "PruneMerge", "PyramidKV", "RandomPrune",
+    "SnapKV", "StreamingLLM", "TOVA", "ToMe", "TopK", "available", "build", "describe", "get",
+    "parse_spec", "register",
+]  # fmt: skip
