@@ -23,53 +23,43 @@ from tokenreduce.core import (
     topk_prune,
 )
 
-
-def reference_bipartite(x, metric, size, r, class_token, distill_token):
-    """Bipartite soft matching written out plainly from the ToMe paper (Bolya et al. 2023).
-
-    Returns merged tokens, their sizes and the original index of each output token.
-    """
-    t = metric.shape[1]
-    r = min(r, (t - int(class_token) - int(distill_token)) // 2)
-    m = metric / metric.norm(dim=-1, keepdim=True)
-    scores = m[:, ::2] @ m[:, 1::2].transpose(1, 2)
-    if class_token:
-        scores[:, 0, :] = -math.inf
-    if distill_token:
-        scores[:, :, 0] = -math.inf
-    node_max, node_idx = scores.max(dim=-1)
-    order = node_max.argsort(dim=-1, descending=True)
-    src, unm = order[:, :r], order[:, r:]
-    dst = node_idx.gather(1, src)
-    c = x.shape[-1]
-    wx = x * size[..., None]
-    a, b = wx[:, ::2], wx[:, 1::2]
-    b = b.scatter_reduce(1, dst[..., None].expand(-1, -1, c), a.gather(1, src[..., None].expand(-1, -1, c)), "sum")
-    sb = size[:, 1::2].scatter_reduce(1, dst, size[:, ::2].gather(1, src), "sum")
-    out_x = torch.cat([a.gather(1, unm[..., None].expand(-1, -1, c)), b], 1)
-    out_s = torch.cat([size[:, ::2].gather(1, unm), sb], 1)
-    origin = torch.cat([2 * unm, (2 * torch.arange(b.shape[1]) + 1).expand(x.shape[0], -1)], 1)
-    order_out = origin.argsort(1)  # compare in original-index order
-    out_x = out_x.gather(1, order_out[..., None].expand(-1, -1, c)) / out_s.gather(1, order_out)[..., None]
-    return out_x, out_s.gather(1, order_out), origin.gather(1, order_out)
+from .tome_ref import reference_bipartite
 
 
+@pytest.mark.parametrize("order", ["reference", "original"])
 @pytest.mark.parametrize("t", [20, 21])
 @pytest.mark.parametrize("r", [0, 1, 4, 9, 1000])
 @pytest.mark.parametrize(("class_token", "distill_token"), [(True, False), (True, True), (False, False)])
-def test_tome_matches_reference_bipartite_soft_matching(t, r, class_token, distill_token):
+def test_tome_matches_reference_bipartite_soft_matching(t, r, class_token, distill_token, order):
     gen = torch.Generator().manual_seed(t * 100 + r)
     x = torch.randn(3, t, 16, generator=gen)
     metric = torch.randn(3, t, 8, generator=gen)
     size = torch.randint(1, 4, (3, t), generator=gen).float()
     n_prot = int(class_token) + int(distill_token)
     protected = (torch.arange(t) < n_prot).expand(3, t)
-    red = bipartite_merge(metric, r, protected, size)
+    red = bipartite_merge(metric, r, protected, size, order)
     ref_x, ref_s, ref_origin = reference_bipartite(x, metric, size, r, class_token, distill_token)
+    if order == "original":  # the same tokens, each at its place in the input order
+        keep = ref_origin.argsort(1)
+        ref_x = ref_x.gather(1, keep[..., None].expand_as(ref_x))
+        ref_s, ref_origin = ref_s.gather(1, keep), ref_origin.gather(1, keep)
     assert torch.equal(red.anchor, ref_origin)
     torch.testing.assert_close(red.apply(size, "sum"), ref_s)
+    if order == "reference":  # the same sums in the same order: the same bits
+        assert torch.equal(red.apply(x), ref_x)
     torch.testing.assert_close(red.apply(x), ref_x, rtol=1e-5, atol=1e-6)
     assert red.num_out == t - min(r, (t - n_prot) // 2)
+    # The source map of one merge: every original token points at the output token holding it.
+    state = TokenState.initial(3, t, n_prot).apply(red)
+    assert torch.equal(state.position, ref_origin)
+    held = state.source.gather(1, ref_origin)  # each output token's own anchor points at it
+    assert torch.equal(held, torch.arange(red.num_out).expand(3, -1))
+
+
+def test_bipartite_merge_rejects_unknown_order():
+    with pytest.raises(ValueError, match="order must be one of .*'sorted'"):
+        bipartite_merge(torch.randn(1, 5, 4), 1, torch.zeros(1, 5, dtype=torch.bool),
+                        torch.ones(1, 5), "sorted")
 
 
 def test_reduction_modes_and_unmerge():

@@ -50,32 +50,82 @@ def topk_fuse(scores: Tensor, keep: int, protected: Tensor, size: Tensor) -> Red
     return Reduction(assign, weight, anchor, plan=plan)
 
 
-def bipartite_merge(metric: Tensor, r: int, protected: Tensor, size: Tensor) -> Reduction:
+#: token orders :func:`bipartite_merge` can produce
+MERGE_ORDERS = ("reference", "original")
+
+
+def bipartite_merge(
+    metric: Tensor, r: int, protected: Tensor, size: Tensor, order: str = "reference"
+) -> Reduction:
     """ToMe's bipartite soft matching (Bolya et al., ICLR 2023).
 
     Tokens alternate between set A (even indices) and set B (odd indices). Every A token
     proposes its most similar B token (cosine similarity of ``metric``); the ``r`` most
-    similar proposals are merged into their B token by a size-weighted average. Protected
-    tokens neither merge nor receive merges. As in the paper, ``r`` is clamped to half of
-    the unprotected tokens, so at most 50% of them go per call.
+    similar proposals (``argsort`` descending, as in the paper's code) are merged into their
+    B token by a size-weighted average. Protected tokens neither merge nor receive merges. As
+    in the paper, ``r`` is clamped to half of the unprotected tokens, so at most 50% of them go
+    per call.
+
+    Args:
+        metric: (B, N, C) similarity features, ToMe's keys averaged over heads.
+        r: tokens to remove (>= 0).
+        protected: (B, N) bool, the same prefix of tokens in every sample (class,
+            distillation, register tokens).
+        size: (B, N) token sizes, the merge weights.
+        order: token order of the output (N - r tokens).
+            ``"reference"``: that of facebookresearch/ToMe's ``merge.py``: the protected prefix,
+            then the unmerged A tokens, then the B tokens (with their merged A tokens folded
+            in). The A tokens are in input order when a protected token exists (the
+            reference sorts them when there is a class token), else in descending similarity.
+            The order matters because the next layer splits A and B by alternating index.
+            ``"original"``: every token keeps its input order.
+
+    Returns:
+        The :class:`Reduction` from N to N - r tokens.
+
+    Raises:
+        ValueError: ``order`` is not one of :data:`MERGE_ORDERS`.
     """
+    if order not in MERGE_ORDERS:
+        raise ValueError(f"bipartite_merge: order must be one of {MERGE_ORDERS}, got {order!r}")
     b, n, _ = metric.shape
-    n_prot = int(protected.sum(1).max())  # same prefix in every sample
+    n_prot = int(protected.sum(1).max())
     r = min(r, (n - n_prot) // 2)
     if r <= 0:
         return Reduction.select(torch.arange(n, device=metric.device).expand(b, n), n)
+    # The protected prefix is the first (n_prot + 1) // 2 tokens of A and n_prot // 2 of B:
+    # they propose nothing and receive nothing.
+    prot_a, prot_b = (n_prot + 1) // 2, n_prot // 2
     scores = cosine_similarity(metric[:, ::2], metric[:, 1::2])
-    # One in-place pass for both sides: protected A tokens propose nothing, protected B
-    # tokens receive nothing.
-    scores.masked_fill_(protected[:, ::2, None] | protected[:, None, 1::2], -torch.inf)
+    scores[:, :prot_a] = -torch.inf
+    scores[:, :, :prot_b] = -torch.inf
     node_max, node_idx = scores.max(dim=-1)
     edge_idx = node_max.argsort(dim=-1, descending=True)
-    src = 2 * edge_idx[:, :r]  # A tokens that merge away (input indices)
-    dst = 2 * node_idx.gather(1, edge_idx[:, :r]) + 1  # the B token each one joins
+    src = edge_idx[:, :r]  # A indices that merge away, most similar first
+    dst = node_idx.gather(1, src)  # the B index each one joins
+    if order == "original":
+        return _merge_in_input_order(2 * src, 2 * dst + 1, size)
+    unmerged = edge_idx[:, r:]
+    if n_prot:
+        unmerged = unmerged.sort(dim=1).values  # protected A tokens (score -inf) now lead
+    ar = torch.arange(n, device=metric.device)
+    n_unm = unmerged.shape[1] - prot_a  # unprotected A tokens that stay
+    lead = torch.cat(
+        [ar[:n_prot].expand(b, -1), 2 * unmerged[:, prot_a:], ar[2 * prot_b + 1 :: 2].expand(b, -1)],
+        dim=1,
+    )
+    # B index j >= prot_b sits in slot n_prot + n_unm + (j - prot_b).
+    plan = FoldPlan(lead, 2 * src, dst + (n_prot + n_unm - prot_b))
+    return Reduction.from_plan(plan, size)
 
-    group = torch.arange(n, device=metric.device).repeat(b, 1)
+
+def _merge_in_input_order(src: Tensor, dst: Tensor, size: Tensor) -> Reduction:
+    """Merge input tokens ``src`` (B, R) into ``dst`` (B, R); every slot keeps input order."""
+    b, n = size.shape
+    r = src.shape[1]
+    group = torch.arange(n, device=src.device).repeat(b, 1)
     group.scatter_(1, src, dst)
-    owns_slot = torch.ones(b, n, dtype=torch.bool, device=metric.device)
+    owns_slot = torch.ones(b, n, dtype=torch.bool, device=src.device)
     owns_slot.scatter_(1, src, False)
     # Every sample keeps n - r slots and folds r tokens: known counts, no host sync.
     return Reduction.from_groups(group, size, owns_slot, num_out=n - r, num_fold=r)

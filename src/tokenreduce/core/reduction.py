@@ -7,14 +7,19 @@ Every strategy (prune, merge, fuse, pool) is described by the same three tensors
 * ``anchor`` (B, M): for each output slot, the input token that represents it (its position,
   its protected flag), or -1 for a synthetic slot such as EViT's fused token.
 
-Slots are ordered by their anchor's index, synthetic slots last, so prefix tokens (class,
-distillation, registers) stay at the front of the sequence. A reduction in which every slot
-holds exactly one token is a *selection* and is applied with a single gather.
+The reducer chooses the slot order. Most keep their anchors' input order, synthetic slots
+last; ToMe's reference order puts its unmerged A tokens before its B tokens. Every reducer
+keeps the prefix tokens (class, distillation, registers) at the front of the sequence, in
+their input order. The token state's source map follows any order. A reduction in which every
+slot holds exactly one token is a *selection* and is applied with a single gather.
 
-Applying a merge is a gather plus a small scatter: each slot starts from its *lead* (its
-lowest-index member) and the other members, the *folded* tokens, are added in ascending
-input order. That is the same arithmetic, in the same order, as a scatter-add of every token
-into zeroed slots, but it touches only the R folded rows (ToMe: r per block) instead of all N.
+Applying a merge is a gather plus a small scatter: each slot starts from its *lead* and the
+other members, the *folded* tokens, are added one by one. It touches only the R folded rows
+(ToMe: r per block) instead of all N. :meth:`Reduction.from_groups` leads with the lowest-index
+member and folds in ascending input order: the same arithmetic, in the same order, as a
+scatter-add of every token into zeroed slots. :meth:`Reduction.from_plan` takes the lead and
+the folding order from its caller (ToMe: a B token, then its A tokens by descending
+similarity, the order of the reference implementation's ``scatter_reduce``).
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from torch import Tensor
 
 
 class FoldPlan(NamedTuple):
-    """How a merge is applied: ``lead`` (B, M) the lowest-index member of each slot; ``fold``
-    (B, R) every other member, ascending; ``fold_slot`` (B, R) the slot each one joins."""
+    """How a merge is applied: ``lead`` (B, M) the member each slot starts from; ``fold``
+    (B, R) every other member, in the order they are added; ``fold_slot`` (B, R) the slot
+    each one joins."""
 
     lead: Tensor
     fold: Tensor
@@ -100,6 +106,21 @@ class Reduction:
         anchor = anchor[:, :m]
         plan = _fold_plan(assign, m, num_fold) if num_fold is not None else None
         return Reduction(assign, weight, anchor, plan=plan)
+
+    @staticmethod
+    def from_plan(plan: FoldPlan, weight: Tensor) -> Reduction:
+        """A merge that drops nothing, given as a :class:`FoldPlan`.
+
+        Slot ``j`` starts from input token ``plan.lead[:, j]``, which is also its anchor; each
+        ``plan.fold[:, i]`` joins slot ``plan.fold_slot[:, i]``, in that order. Every one of
+        the N = M + R input tokens (N from ``weight`` (B, N)) must appear exactly once in
+        ``lead`` or ``fold``; this is trusted, not checked (no host sync).
+        """
+        b, m = plan.lead.shape
+        assign = torch.empty(weight.shape, dtype=torch.long, device=weight.device)
+        assign.scatter_(1, plan.lead, torch.arange(m, device=weight.device).expand(b, m))
+        assign.scatter_(1, plan.fold, plan.fold_slot)
+        return Reduction(assign, weight, plan.lead, plan=plan)
 
     # -- application --------------------------------------------------------------------
     @cached_property

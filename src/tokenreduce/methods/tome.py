@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from ..core.budgets import Budget, ConstantR, PerLayer, tome_schedule
 from ..core.context import ModelInfo, TokenContext
-from ..core.reducers import bipartite_merge
+from ..core.reducers import MERGE_ORDERS, bipartite_merge
 from ..core.reduction import Reduction
 from .base import InvalidParameter, Method, check, register
 
@@ -20,9 +20,11 @@ class ToMe(Method):
     In every block, after attention, tokens are split alternately into sets A and B; each A
     token is matched to its most similar B token by cosine similarity of the attention keys
     averaged over heads, and the ``r`` most similar pairs are merged by a size-weighted
-    average. Protected tokens (class, distillation, registers) never merge. With proportional
-    attention, log(size) is added to the attention logits so a merged token weighs as much
-    as the tokens it stands for.
+    average. Protected tokens (class, distillation, registers) never merge and stay first.
+    With proportional attention, log(size) is added to the attention logits so a merged token
+    weighs as much as the tokens it stands for. With the defaults, a timm ViT's predictions
+    are those of the authors' implementation (facebookresearch/ToMe, ``tome/merge.py``,
+    ``tome/patch/timm.py``); ``benchmarks/tome_reference.py`` runs the two side by side.
 
     Parameters:
         r: tokens merged per block (>= 0). As in the paper, it is clamped to half of the
@@ -33,6 +35,11 @@ class ToMe(Method):
         prop_attn: proportional attention (the paper's default, True).
         schedule: explicit tokens-merged-per-block list; overrides ``r`` and ``inflect``.
             Its length must not exceed the model's depth.
+        order: token order after a merge, which decides the next block's alternating A/B
+            split. ``"reference"`` (default): the authors' order, the unmerged A tokens
+            first, then the B tokens with their merged A tokens folded in (prefix tokens stay
+            first). ``"original"``: every token keeps its input order, so A and B stay
+            interleaved in the image's raster order.
     """
 
     name = "tome"
@@ -44,6 +51,7 @@ class ToMe(Method):
     inflect: float = 0.0
     prop_attn: bool = True
     schedule: tuple[int, ...] | None = None
+    order: str = "reference"
 
     def __post_init__(self) -> None:
         check(self.name, "r", self.r,
@@ -59,6 +67,8 @@ class ToMe(Method):
             check(self.name, "schedule", self.schedule,
                   all(isinstance(v, int) and v >= 0 for v in self.schedule),
                   "a list of integers >= 0, one per block")
+        check(self.name, "order", self.order, self.order in MERGE_ORDERS,
+              " or ".join(repr(o) for o in MERGE_ORDERS))
 
     def uses_proportional_attention(self) -> bool:
         return self.prop_attn
@@ -79,4 +89,6 @@ class ToMe(Method):
         return PerLayer(tome_schedule(model.num_layers, self.r, self.inflect))
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
-        return bipartite_merge(ctx.key_mean, n_remove, ctx.state.protected, ctx.state.size)
+        return bipartite_merge(
+            ctx.key_mean, n_remove, ctx.state.protected, ctx.state.size, self.order
+        )
