@@ -60,7 +60,8 @@ def test_other_image_size_updates_the_grid():
     x = torch.randn(2, 3, 48, 32)  # 12 x 8 patches instead of 8 x 8
     with tokenreduce.patch(model, "pool:kernel=2,layers=(1,)") as handle:
         out = model(x)
-        assert handle.info.grid == (12, 8)
+        assert handle.trace.grid == (12, 8)  # this input's grid
+        assert handle.info.grid == (8, 8)  # the configured one
         assert handle.trace.mlp_tokens == [97, 25, 25, 25]  # 96 patches pooled 2x2, + class
         assert handle.baseline_gflops() > handle.gflops()
     assert out.last_hidden_state.shape == (2, 25, 48)

@@ -16,7 +16,7 @@ import tokenreduce
 from tokenreduce import methods
 from tokenreduce.core.state import TokenState
 
-from .conftest import images, make_vit, num_prefix, run
+from .conftest import HF_VARIANTS, TINY, VIT_VARIANTS, images, make_vit, num_prefix, run
 
 TOKEN_METHODS = [n for n in methods.available() if methods.get(n).kind == "tokens"]
 
@@ -42,6 +42,20 @@ def name(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=[*VIT_VARIANTS, "map", *HF_VARIANTS])
+def vit(request) -> torch.nn.Module:
+    """The shared layouts, plus a timm ViT without class token pooled by an attention head
+    (``global_pool="map"``, SigLIP style), whose head weighs merged tokens by size."""
+    if request.param != "map":
+        return make_vit(request.param)
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(
+        "vit_tiny_patch16_224", **TINY, class_token=False, global_pool="map"
+    ).eval()
+
+
 @torch.inference_mode()
 def test_zero_budget_is_bitwise_identity(vit, name):
     x = images()
@@ -58,6 +72,7 @@ def test_reduction_happens(vit, name):
         run(vit, images())
         assert handle.trace.mlp_tokens[-1] < handle.trace.attn_tokens[0]
         assert handle.gflops() < handle.baseline_gflops()
+        assert handle.trace.grid == handle.info.grid == (8, 8)  # recorded per input
 
 
 @torch.inference_mode()
@@ -128,6 +143,7 @@ def test_unpatch_restores_outputs_and_state_dict(vit, name):
     x = images()
     expected = run(vit, x)
     before = {k: v.clone() for k, v in vit.state_dict().items()}
+    hooks = [len(m._forward_hooks) for m in vit.modules()]
     handle = tokenreduce.patch(vit, build(name))
     assert not torch.equal(run(vit, x), expected)
     handle.remove()
@@ -138,6 +154,7 @@ def test_unpatch_restores_outputs_and_state_dict(vit, name):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all("forward" not in m.__dict__ for m in vit.modules())
     assert "pool" not in vit.__dict__ and tokenreduce.handle_of(vit) is None
+    assert [len(m._forward_hooks) for m in vit.modules()] == hooks  # the grid hook is gone
 
 
 @torch.inference_mode()

@@ -127,7 +127,7 @@ def dense_features(model: nn.Module, x: Tensor) -> DenseFeatures:
     else:
         w = state.size[:, p:, None].to(final.dtype)
         pooled = (final[:, p:] * w).sum(1) / w.sum(1)
-    grid = info.grid
+    grid = getattr(handle.trace, "grid", None)  # this input's, which may differ from info.grid
     if grid is None or grid[0] * grid[1] != dense.shape[1] - p:
         raise ValueError(
             f"{info.family}: the patch grid {grid} does not match the {dense.shape[1] - p} "

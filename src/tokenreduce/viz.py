@@ -14,7 +14,7 @@ Only patch tokens (original index >= ``num_prefix``) are drawn. Needs numpy and 
 
 >>> with tokenreduce.patch(model, "tome:r=13") as handle:
 ...     model(x[None])
-...     img = token_map(x, handle.state, handle.info.grid, handle.info.num_prefix)
+...     img = token_map(x, handle.state, handle.trace.grid, handle.info.num_prefix)
 >>> img = visualize(model, x, "tome:r=13")          # the same in one call
 >>> grid_figure([img, ...], ["tome", ...]).save("tokens.png")
 """
@@ -67,7 +67,7 @@ def patch_groups(
         raise ValueError(
             f"the state has {n0} original tokens but grid {gh}x{gw} with num_prefix={num_prefix} "
             f"describes {num_prefix + gh * gw}; pass the grid and prefix count of the model that "
-            "produced the state (handle.info.grid, handle.info.num_prefix)"
+            "produced the state (handle.trace.grid, handle.info.num_prefix)"
         )
     source = state.source[sample].detach().cpu().long().numpy()
     position = state.position[sample].detach().cpu().long().numpy()
@@ -117,7 +117,8 @@ def token_map(
             with values outside [0, 1] (a normalised input) is min-max rescaled for display.
             It may have any size: patch boundaries are placed proportionally.
         state: the final token state of a patched forward (``handle.state``).
-        grid: the patch grid (rows, cols) of the model (``handle.info.grid``).
+        grid: the patch grid (rows, cols) of the input that produced ``state``
+            (``handle.trace.grid``).
         num_prefix: leading non-patch tokens: class, distillation, registers
             (``handle.info.num_prefix``).
         patch_size: optional check that the image is exactly ``grid * patch_size`` pixels.
@@ -288,10 +289,11 @@ def visualize(
     with patch(model, method) as handle, torch.no_grad():
         model(x)
         state, info = handle.state, handle.info
-    if info.grid is None or state is None:
+        grid = getattr(handle.trace, "grid", None)  # this image's, which may differ from info.grid
+    if grid is None or state is None:
         raise ValueError(f"{info.family} has no patch grid to draw tokens on")
     display = image_tensor if image_for_display is None else image_for_display
-    return token_map(display, state, info.grid, info.num_prefix, **map_kwargs)
+    return token_map(display, state, grid, info.num_prefix, **map_kwargs)
 
 
 # -- several maps in one figure --------------------------------------------------------------

@@ -9,17 +9,20 @@ model is bitwise identical. Tokens are reduced after attention, before the MLP; 
 token and DINOv2's register tokens are protected. Proportional attention's ``log(size)``
 enters the attention function as its additive mask.
 
-Pooling. ViT, DINOv2 and CLIP pool the class token, which is never merged, so nothing
-changes. SigLIP has no class token: its multi-head attention pooling head (a learned probe
-attending to every token) gets the additive bias ``log(size)`` on its attention logits once
-tokens are merged, so a token standing for ``s`` patches weighs as much as ``s`` identical
-patches would; pruned tokens simply drop out of the pool.
+Pooling. ViT (its pooler and its classifier), DINOv2 and CLIP pool the class token, which is
+never merged, so nothing changes. SigLIP has no class token: its multi-head attention pooling
+head (``SiglipMultiheadAttentionPoolingHead``, present when ``vision_use_head`` is true: a
+learned probe attending to every token) gets the additive bias ``log(size)`` on its attention
+logits once tokens are merged, so a token standing for ``s`` patches weighs as much as ``s``
+identical patches would; pruned tokens simply drop out of the pool. Any other head is refused
+at patch time.
 
 Image size. The height and width must be multiples of the patch size; anything else raises
 ``ValueError`` (Hugging Face would silently crop the border). Other sizes than the configured
 one follow the model's own rule: DINOv2 always interpolates its position embeddings, ViT,
-CLIP and SigLIP do when called with ``interpolate_pos_encoding=True``. The patch grid a
-method sees (``ModelInfo.grid``) is the one of the current input.
+CLIP and SigLIP do when called with ``interpolate_pos_encoding=True``. Each input's patch grid
+comes from its ``pixel_values`` shape: methods see it, the trace records it
+(``handle.trace.grid``); ``handle.info.grid`` is the configured one.
 
 Not supported while patched: a non-empty ``attention_mask``, ``output_attentions`` (the
 attention modules are bypassed), attention implementations other than SDPA and eager.
@@ -28,7 +31,6 @@ attention modules are bypassed), attention implementations other than SDPA and e
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import types
 from collections.abc import Callable
@@ -39,7 +41,8 @@ from torch import nn
 
 from ..core.context import ModelInfo
 from ..methods.base import Method
-from .base import Adapter, Trace
+from .base import Trace
+from .vision import VisionAdapter
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-class HFVisionAdapter(Adapter):
+class HFVisionAdapter(VisionAdapter):
     family = "Hugging Face vision transformers (" + ", ".join(_SPECS) + ")"
 
     @classmethod
@@ -140,17 +143,18 @@ class HFVisionAdapter(Adapter):
                 raise TypeError(
                     f"the {type(attn).__name__} of transformers {transformers.__version__} has "
                     "no q_proj/k_proj/v_proj; the Hugging Face vision adapter follows the "
-                    "attention layout of transformers 5 (tested with 5.23): upgrade transformers"
+                    "attention layout of transformers 5 (tested with 5.18 to 5.24): upgrade transformers"
                 )
         cfg = backbone.config
         image, patch = _pair(cfg.image_size), _pair(cfg.patch_size)
+        _check_head(backbone)
         num_prefix = int(spec.has_class_token) + int(getattr(cfg, "num_register_tokens", 0) or 0)
         return ModelInfo(
             family=f"hf_vision:{spec.family}",
             num_layers=cfg.num_hidden_layers,
             num_prefix=num_prefix,
             has_class_token=spec.has_class_token,
-            grid=(image[0] // patch[0], image[1] // patch[1]),
+            grid=(image[0] // patch[0], image[1] // patch[1]),  # configured; inputs may differ
         )
 
     def __init__(self, model: nn.Module, method: Method) -> None:
@@ -194,7 +198,7 @@ class HFVisionAdapter(Adapter):
             for i, layer in enumerate(self.layers):
                 self._replace(layer, "forward", make(self, i))
             head = getattr(self.backbone, "head", None)
-            if self.spec.family == "siglip" and head is not None:
+            if head is not None:  # SigLIP's attention pooling (_check_head refused the others)
                 self._replace(head, "forward", _make_map_head_forward(self))
         except Exception:
             self.unpatch()
@@ -213,19 +217,12 @@ class HFVisionAdapter(Adapter):
                 f"resize or pad the image to a multiple of {ph}x{pw} (e.g. "
                 f"{(height // ph) * ph}x{(width // pw) * pw})"
             )
-        grid = (height // ph, width // pw)
-        if grid != self.info.grid:
-            self.info = dataclasses.replace(self.info, grid=grid)
+        self.embedded((height // ph, width // pw))
 
     # -- analytic cost ----------------------------------------------------------------------
     def gflops(self, trace: Trace | None = None) -> float:
         cfg = self.backbone.config
-        rows, cols = self.info.grid
-        n_patches = rows * cols
-        n0 = n_patches + self.info.num_prefix
-        trace = trace if trace is not None and trace.attn_tokens else None
-        attn_n = trace.attn_tokens if trace else [n0] * self.info.num_layers
-        mlp_n = trace.mlp_tokens if trace else [n0] * self.info.num_layers
+        n_patches, attn_n, mlp_n = self.token_counts(trace)
         c = cfg.hidden_size
         ph, pw = self.patch_size
         flops = n_patches * cfg.num_channels * ph * pw * c  # patch embedding
@@ -247,7 +244,7 @@ class HFVisionAdapter(Adapter):
         if pooler is not None and isinstance(getattr(pooler, "dense", None), nn.Linear):
             macs += pooler.dense.in_features * pooler.dense.out_features
         head = getattr(self.backbone, "head", None)
-        if self.spec.family == "siglip" and head is not None:
+        if head is not None:
             c = head.probe.shape[-1]
             # one query, keys and values for n tokens, output projection, then the MLP
             macs += c * c + 2 * n * c * c + 2 * n * c + c * c + _mlp_macs(head.mlp)
@@ -370,17 +367,29 @@ def _make_embeddings_forward(adapter: HFVisionAdapter):
     return forward
 
 
+def _check_head(backbone: nn.Module) -> None:
+    """Refuse a pooling head over all tokens other than SigLIP's, which the adapter makes
+    weigh a merged token by its size (the other families pool the class token)."""
+    head = getattr(backbone, "head", None)
+    if head is not None and type(head).__name__ != "SiglipMultiheadAttentionPoolingHead":
+        raise TypeError(
+            f"this {type(backbone).__name__}'s pooling head is a {type(head).__name__}, which "
+            "tokenreduce cannot make weigh a merged token by its size; supported: SigLIP's "
+            "SiglipMultiheadAttentionPoolingHead and class-token pooling"
+        )
+
+
 def _make_map_head_forward(adapter: HFVisionAdapter):
     """SigLIP's attention-pooling head, with log(size) added to the probe's attention logits
     once tokens stand for several patches (unchanged, bitwise, before that)."""
 
     def forward(head, hidden_state: torch.Tensor) -> torch.Tensor:
-        state = adapter.trace.state
-        if state is None or not state.merged:
+        sizes = adapter.pool_sizes()
+        if sizes is None:
             return type(head).forward(head, hidden_state)
         b = hidden_state.shape[0]
         probe = head.probe.repeat(b, 1, 1)
-        bias = state.size.log().to(hidden_state.dtype)[:, None, :]  # (B, 1, N)
+        bias = sizes.log().to(hidden_state.dtype)[:, None, :]  # (B, 1, N)
         # nn.MultiheadAttention takes a float mask of shape (B * heads, L, S), added to logits.
         mask = bias.repeat_interleave(head.attention.num_heads, dim=0)
         hidden_state = head.attention(

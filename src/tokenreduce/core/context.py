@@ -13,20 +13,27 @@ from .state import TokenState
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a method may know about the model it is patched into."""
+    """What a method may know about the model it is patched into.
+
+    ``grid`` is the patch grid (rows, cols) the model is configured for, None for sequences.
+    A vision model that takes other image sizes has a grid per input: the adapter records it
+    in its trace (``handle.trace.grid``) and gives each site a context whose ``model.grid``
+    (:attr:`TokenContext.grid`) is the input's.
+    """
 
     family: str
     num_layers: int
     num_prefix: int  # leading protected tokens: class, distillation, registers
     has_class_token: bool
-    grid: tuple[int, int] | None  # patch grid (rows, cols), None for sequences
+    grid: tuple[int, int] | None  # patch grid (rows, cols); see the class docstring
 
 
 @dataclass
 class TokenContext:
     """Everything a scorer may use at one site, computed lazily so a method pays only for
     what it reads. ``q`` and ``k`` are (B, H, N, D) after any q/k norm; ``attn_bias`` is the
-    additive logit bias the layer used (log token sizes under proportional attention)."""
+    additive logit bias the layer used (log token sizes under proportional attention).
+    ``model`` describes the model as of this input: its ``grid`` is the input's."""
 
     layer: int
     hidden: Tensor
@@ -41,6 +48,11 @@ class TokenContext:
     def num_reducible(self) -> int:
         """Tokens a reduction may touch: all but the protected ones."""
         return self.state.num_tokens - self.state.num_protected
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """The patch grid (rows, cols) of the current input; None when it has none."""
+        return self.model.grid
 
     @cached_property
     def key_mean(self) -> Tensor:

@@ -14,8 +14,9 @@ from .base import Method, check, check_layers, register
 class Pool(Method):
     """Average pooling over the patch grid: the structure-only baseline.
 
-    Patch tokens are averaged over ``kernel x kernel`` cells of the original patch grid
-    (size-weighted), ignoring content. At the i-th listed layer the cell side is
+    Patch tokens are averaged over ``kernel x kernel`` cells of the input's original patch
+    grid (size-weighted), ignoring content; an input of another size than the model's
+    configured one is pooled on its own grid. At the i-th listed layer the cell side is
     ``kernel ** (i + 1)`` original patches, so pooling at several layers compounds.
     Protected tokens are untouched.
 
@@ -47,6 +48,5 @@ class Pool(Method):
         return KeepRatio(1.0 / self.kernel**2, self.layers if self.kernel > 1 else ())
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
-        m = ctx.model
-        return grid_pool(ctx.state.position, m.grid, self._kernel_at(ctx.layer),
-                         ctx.state.protected, ctx.state.size, m.num_prefix)
+        return grid_pool(ctx.state.position, ctx.grid, self._kernel_at(ctx.layer),
+                         ctx.state.protected, ctx.state.size, ctx.model.num_prefix)
