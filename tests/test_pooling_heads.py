@@ -8,6 +8,8 @@ token of size ``s`` as ``s`` patches gives the same output as the unreduced one.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -19,6 +21,11 @@ from .conftest import HF_TINY, TINY, run
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
+
+# timm >= 1.0.16: the attention pool takes a mask, so global_pool="map" can weigh sizes; on
+# older timm (down to the lowest supported, 1.0.9) such a model must be refused instead.
+_MAP_FORWARD = inspect.signature(timm.layers.AttentionPoolLatent.forward)
+MAP_TAKES_MASK = "attn_mask" in _MAP_FORWARD.parameters
 
 # timm global_pool -> constructor kwargs; every pooling head of POOLS ('' pools nothing).
 TIMM_HEADS = {
@@ -105,16 +112,24 @@ def test_every_timm_pooling_head_is_covered():
     assert set(TIMM_HEADS) == set(POOLS) - {""}
 
 
-@pytest.mark.parametrize("pool", TIMM_HEADS)
-def test_timm_head_weighs_merged_tokens_by_size(pool):
-    model = make_timm(**TIMM_HEADS[pool])
+def check_timm_head(model: nn.Module) -> None:
+    if model.global_pool == "map" and not MAP_TAKES_MASK:
+        with pytest.raises(TypeError, match="takes no attention mask"):
+            tokenreduce.patch(model, "tome:r=6")
+        return
     check_merging_duplicates_changes_nothing(model, model.num_prefix_tokens)
 
 
+@pytest.mark.parametrize("pool", TIMM_HEADS)
+def test_timm_head_weighs_merged_tokens_by_size(pool):
+    check_timm_head(make_timm(**TIMM_HEADS[pool]))
+
+
 def test_timm_map_head_over_register_tokens_weighs_merged_tokens_by_size():
-    """``pool_include_prefix=True``: the attention pool reads the registers too."""
-    model = make_timm(class_token=False, reg_tokens=2, global_pool="map", pool_include_prefix=True)
-    check_merging_duplicates_changes_nothing(model, 2)
+    """``pool_include_prefix=True`` (timm < 1.0.16 always does): the attention pool reads the
+    registers too."""
+    include = {"pool_include_prefix": True} if MAP_TAKES_MASK else {}
+    check_timm_head(make_timm(class_token=False, reg_tokens=2, global_pool="map", **include))
 
 
 @pytest.mark.parametrize("name", HF_HEADS)
@@ -124,13 +139,17 @@ def test_hf_head_weighs_merged_tokens_by_size(name):
     check_merging_duplicates_changes_nothing(model, prefix)
 
 
+@pytest.mark.parametrize("pool", TIMM_HEADS)
 @torch.inference_mode()
-def test_unmerged_map_head_is_bitwise_the_original():
-    """Before any merge (pruning only) the head runs unchanged."""
-    model, x = make_timm(**TIMM_HEADS["map"]), torch.randn(2, 3, 32, 32)
-    with tokenreduce.patch(model, "topk:keep_ratio=1.0,layers=(1,)"):
-        out = model(x)
-    assert torch.equal(out, model(x))
+def test_unmerged_timm_head_is_bitwise_the_original(pool):
+    """Before any merge (a zero budget) every head runs unchanged."""
+    model, x = make_timm(**TIMM_HEADS[pool]), torch.randn(2, 3, 32, 32)
+    if pool == "map" and not MAP_TAKES_MASK:
+        check_timm_head(model)  # refused
+        return
+    expected = model(x)
+    with tokenreduce.patch(model, "tome:r=0"):
+        assert torch.equal(model(x), expected)
 
 
 # -- heads that cannot weigh sizes are refused at patch time ---------------------------------
@@ -165,16 +184,16 @@ def _siglip_other_head() -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize(
-    "build, match",
-    [
-        (_map_without_mask, r"timm .* takes no attention mask.*upgrade timm to 1\.0\.16"),
-        (_map_with_positions, r"position embedding: True\) cannot weigh a merged token"),
-        (_prr, r"global_pool='prr'.*cannot weigh a merged token by its size.*'map'"),
-        (_siglip_other_head, r"pooling head is a Linear.*SiglipMultiheadAttentionPoolingHead"),
-    ],
-    ids=["map_without_mask", "map_with_positions", "prr", "siglip_other_head"],
-)
+REFUSED = [
+    (_map_without_mask, r"timm .* takes no attention mask.*upgrade timm to 1\.0\.16"),
+    (_map_with_positions, r"position embedding: True\) cannot weigh a merged token"),
+    (_siglip_other_head, r"pooling head is a Linear.*SiglipMultiheadAttentionPoolingHead"),
+]
+if hasattr(timm.layers, "AttentionPoolPrr"):  # global_pool="prr" exists from timm 1.0.26 on
+    REFUSED.append((_prr, r"global_pool='prr'.*cannot weigh a merged token by its size.*'map'"))
+
+
+@pytest.mark.parametrize("build, match", REFUSED, ids=lambda v: getattr(v, "__name__", ""))
 def test_head_that_cannot_weigh_sizes_is_refused_at_patch_time(build, match):
     model = build()
     with pytest.raises(TypeError, match=match):
