@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import tokenreduce
+from tokenreduce.adapters.hf_decoder import cache_kwargs, output_cache
 from tokenreduce.methods import InvalidParameter, build
 from tokenreduce.methods.lazyllm import LazyLLM
 
@@ -87,7 +88,7 @@ def test_progressive_sites_shrink_the_layers(llama, batch):
         for row, n in enumerate(lengths):  # each sample keeps exactly its own budget
             counts = [int((k[row] >= 0).sum()) for k in handle.trace.prefill_kept]
             assert counts == [method.keep_count(n, s, 3) for s in range(3)]
-    assert [layer.keys.shape[2] for layer in out.past_key_values.layers] == [N, *m]
+    assert [layer.keys.shape[2] for layer in output_cache(out).layers] == [N, *m]
     assert out.logits.shape[1] == m[2] and bool(torch.isfinite(out.logits).all())
 
 
@@ -102,9 +103,9 @@ def test_nothing_removed_changes_nothing(llama, batch):
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
     # A plain prefill then one token, without position ids, continues the positions.
     one, nxt = ids[:1], torch.tensor([[5]])
-    ref = llama(nxt, past_key_values=llama(one, use_cache=True).past_key_values).logits
+    ref = llama(nxt, **cache_kwargs(llama, output_cache(llama(one, use_cache=True)))).logits
     with tokenreduce.patch(llama, LazyLLM(prune_ratio=0.02)):
-        out = llama(nxt, past_key_values=llama(one, use_cache=True).past_key_values).logits
+        out = llama(nxt, **cache_kwargs(llama, output_cache(llama(one, use_cache=True)))).logits
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -132,7 +133,7 @@ def test_a_pruned_token_revives_with_the_state_it_left_with(llama, batch):
     ids = batch[0][:1, :20]
     method = Scripted(prune_ratio=0.5, layers=(0, 1))
     with tokenreduce.patch(llama, method) as handle:
-        cache = llama(ids, use_cache=True).past_key_values
+        cache = output_cache(llama(ids, use_cache=True))
         kept = [k[0].tolist() for k in handle.trace.prefill_kept]
     # Site 0 removes floor(19 * 0.25) = 4 tokens (0..3); site 1 removes 9 of the 19.
     assert kept[0] == list(range(4, 20))
@@ -155,7 +156,7 @@ def test_without_revival_the_kept_sets_are_nested(llama, batch):
     ids = batch[0][:1, :20]
     method = Scripted(prune_ratio=0.5, layers=(0, 1), revive=False)
     with tokenreduce.patch(llama, method) as handle:
-        cache = llama(ids, use_cache=True).past_key_values
+        cache = output_cache(llama(ids, use_cache=True))
         kept = [set(k[0].tolist()) for k in handle.trace.prefill_kept]
     assert 1 not in kept[1] and kept[1] <= kept[0]
     assert 1 not in _times(cache, 2)

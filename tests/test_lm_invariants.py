@@ -14,7 +14,7 @@ import torch
 
 import tokenreduce
 from tokenreduce import methods
-from tokenreduce.adapters.hf_decoder import cache_bytes
+from tokenreduce.adapters.hf_decoder import cache_bytes, cache_kwargs, output_cache
 from tokenreduce.methods.base import InvalidParameter
 
 from .lmutil import PROMPT, generate, padded_batch, tiny_lm
@@ -86,10 +86,10 @@ def test_plain_forward_continues_positions(name, llama, batch):
     """Prefill then one more token by plain forwards, without position ids."""
     ids = batch[0][:1]
     nxt = torch.tensor([[5]])
-    ref = llama(nxt, past_key_values=llama(ids, use_cache=True).past_key_values).logits
+    ref = llama(nxt, **cache_kwargs(llama, output_cache(llama(ids, use_cache=True)))).logits
     with tokenreduce.patch(llama, make(name, cache_budget=PROMPT)):
-        cache = llama(ids, use_cache=True).past_key_values
-        out = llama(nxt, past_key_values=cache).logits
+        cache = output_cache(llama(ids, use_cache=True))
+        out = llama(nxt, **cache_kwargs(llama, cache)).logits
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -100,10 +100,10 @@ def test_cache_holds_exactly_the_budget(name, budget, llama, batch):
     ids, mask = batch
     method = make(name, **budget)
     lengths = mask.sum(1).tolist()
-    full = cache_bytes(llama(ids, attention_mask=mask, use_cache=True).past_key_values)
+    full = cache_bytes(output_cache(llama(ids, attention_mask=mask, use_cache=True)))
     with tokenreduce.patch(llama, method) as handle:
         out = llama(ids, attention_mask=mask, use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     for layer, cl in enumerate(cache.layers):
         want = [method.layer_keep(layer, 2, n) for n in lengths]
         assert cl.keys.shape == (3, 2, max(want), 16)
@@ -121,7 +121,7 @@ def test_ratio_budget_removes_the_ratio(llama, batch):
     ids = batch[0][:1]
     for ratio in (0.25, 0.5, 0.75):
         with tokenreduce.patch(llama, make("snapkv", compression_ratio=ratio)):
-            cache = llama(ids, use_cache=True).past_key_values
+            cache = output_cache(llama(ids, use_cache=True))
         assert _cache_lengths(cache) == [PROMPT - int(PROMPT * ratio)] * 2
 
 
@@ -248,7 +248,7 @@ def test_decode_every_holds_the_budget(name, budget, llama, batch):
         )  # fmt: skip
     # 11 decoding forwards: reduced back to the budget after the 4th and 8th, then 3 appended.
     lengths = mask.sum(1).tolist()
-    cache = out.past_key_values
+    cache = output_cache(out)
     for layer in range(2):
         hold = [method.decode_keep(layer, 2, n) for n in lengths]
         assert hold == [method.layer_keep(layer, 2, n) for n in lengths]  # prompts >= budget
@@ -278,7 +278,7 @@ def test_decode_every_cache_budget_lets_a_short_prompt_grow_to_it(llama, batch):
         )  # fmt: skip
     # 20 prompt entries, 9 decoding forwards: grows to 24, then held there (24 + 1 appended
     # by the forward that produced the last token, reduced at once).
-    assert _cache_lengths(out.past_key_values) == [24, 24]
+    assert _cache_lengths(output_cache(out)) == [24, 24]
 
 
 def test_h2o_accumulates_attention_while_decoding(llama, batch):
@@ -290,7 +290,7 @@ def test_h2o_accumulates_attention_while_decoding(llama, batch):
             ids, max_new_tokens=7, min_new_tokens=7, do_sample=False, pad_token_id=0,
             return_dict_in_generate=True,
         )  # fmt: skip
-    state = out.past_key_values._tokenreduce_kv
+    state = output_cache(out)._tokenreduce_kv
     seq = out.sequences[:, :-1]  # the last token was never fed
     eager = tiny_lm("llama", layers=2)
     eager.config._attn_implementation = "eager"
@@ -372,7 +372,7 @@ def test_prefill_pruning_shrinks_later_layers(name, llama, batch):
     with tokenreduce.patch(llama, method) as handle:
         out = llama(ids, attention_mask=mask, use_cache=True)
         assert handle.trace.kv_entries == [None, m]
-    assert _cache_lengths(out.past_key_values) == [PROMPT, m]
+    assert _cache_lengths(output_cache(out)) == [PROMPT, m]
     assert out.logits.shape[1] == m  # logits of the kept tokens, the last one included
     assert bool(torch.isfinite(out.logits).all())  # filler slots never poison a row
 

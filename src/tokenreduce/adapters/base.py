@@ -117,7 +117,8 @@ class Adapter:
 
     def not_applied(self, what: str) -> ReductionNotApplied:
         return ReductionNotApplied(
-            f"{self.method!r} did not act on {type(self.model).__name__}: {what}. "
+            f"{self.method.name} ({self.method!r}) did not act on {type(self.model).__name__}: "
+            f"{what}. "
             f"Versions: {library_versions()}. The model library may have changed the internals "
             "this adapter relies on; please report it with this message."
         )

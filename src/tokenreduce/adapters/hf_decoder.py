@@ -26,6 +26,8 @@ pruned earlier with the residual state they had when they left (kept in an auxil
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 import types
 from dataclasses import dataclass, field
@@ -83,7 +85,6 @@ class _LayerState:
 
 @dataclass
 class _CacheState:
-    seen: int = 0  # tokens fed so far (padding included)
     layers: dict[int, _LayerState] = field(default_factory=dict)
 
 
@@ -105,6 +106,81 @@ class _Forward:
     start: int = 0  # time step of this forward's first token
     mask2d: Tensor | None = None  # (B, start + s) padding mask of the whole sequence, or None
     prefill: bool = False  # the cache was empty (or absent) when this forward began
+    cache: object = None  # the cache of this forward, once the model or a layer has one
+    attention_saw_cache: bool = False  # an attention layer received the cache
+    reduced: set[int] = field(default_factory=set)  # layers whose cache a prefill reduced
+    left_alone: set[int] = field(default_factory=set)  # sliding layers that had dropped the prompt
+
+
+def find_cache(*values):
+    """The transformers ``Cache`` among a call's arguments, however the caller passed it: by
+    any keyword (``past_key_values`` until transformers 5.2x, ``cache`` after), positionally,
+    or inside a ``**kwargs`` dict. Found by type, not by name, so a renamed argument is still
+    found. None when there is none."""
+    from transformers.cache_utils import Cache
+
+    for value in values:
+        if isinstance(value, Cache):
+            return value
+        if isinstance(value, (tuple, list)):
+            found = find_cache(*value)
+        elif isinstance(value, dict):
+            found = find_cache(*value.values())
+        else:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def output_cache(output):
+    """The cache a Hugging Face model output carries (``output.past_key_values`` or, from
+    transformers 5.2x on, ``output.cache``), or None."""
+    return find_cache(*(output.values() if isinstance(output, dict) else (output,)))
+
+
+def cache_kwargs(model: nn.Module, cache) -> dict:
+    """``{name: cache}`` for passing a cache to ``model(...)`` or ``model.generate(...)`` under
+    the keyword its transformers release takes (``past_key_values``, or ``cache`` from 5.2x
+    on), without a deprecation warning."""
+    params = _signature(type(model)).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
+@functools.cache
+def _signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.forward)  # follows decorators to the real parameters
+
+
+class _Call:
+    """One call of a module's own ``forward``, bound to its parameters by name: the adapter
+    reads and replaces arguments by what they are (the hidden states, the mask, the cache)
+    whatever position or keyword the model's code used for them."""
+
+    def __init__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.module = module
+        sig = _signature(type(module))
+        try:
+            self.bound = sig.bind(module, *args, **kwargs)
+        except TypeError as err:
+            raise TypeError(
+                f"tokenreduce cannot read the arguments of {type(module).__name__}.forward "
+                f"{sig}: {err}"
+            ) from None
+        named = self.bound.arguments
+        extra = next((named[p.name] for p in sig.parameters.values()
+                      if p.kind is p.VAR_KEYWORD and p.name in named), {})  # fmt: skip
+        self.named = {**extra, **named}
+        self.cache = find_cache(*self.named.values())
+
+    def get(self, name: str):
+        return self.named.get(name)
+
+    def __call__(self, **replace):
+        """Call the original forward with some arguments replaced (by parameter name)."""
+        for name, value in replace.items():
+            self.bound.arguments[name] = value
+        return type(self.module).forward(*self.bound.args, **self.bound.kwargs)
 
 
 def _config(model: nn.Module):
@@ -182,29 +258,59 @@ class HFDecoderAdapter(Adapter):
             self._hook = None
 
     def _before_forward(self, module, args, kwargs):
-        """Record the padding mask and the time step of this forward; give a plain forward on
-        a reduced cache the position ids it would have had without the reduction."""
+        """Record the padding mask, the cache and the time step of this forward."""
         inputs = kwargs.get("input_ids", args[0] if args else None)
         if inputs is None:
             inputs = kwargs.get("inputs_embeds")
-        s = inputs.shape[1]
         mask = kwargs.get("attention_mask")
         if mask is not None and (not torch.is_tensor(mask) or mask.dim() != 2):
             mask = None  # a custom 4-D mask: only checked where a reduced layer needs it
-        cache = kwargs.get("past_key_values")
-        state = getattr(cache, _STATE, None) if cache is not None else None
-        if state is not None:
-            start = state.seen
-            if kwargs.get("position_ids") is None:
-                pos = torch.arange(start, start + s, device=inputs.device)[None]
-                kwargs = {**kwargs, "position_ids": pos}
-        else:
-            start = cache.get_seq_length() if cache is not None else 0
-        self._fwd = _Forward(start=start, mask2d=mask, prefill=state is None and start == 0)
+        cache = find_cache(*args, *kwargs.values())
+        # A reduced layer reports every token it has seen (see _count_dropped).
+        start = cache.get_seq_length() if cache is not None else 0
+        self._fwd = _Forward(start=start, mask2d=mask, prefill=start == 0, cache=cache)
         self._prune = None
-        if state is not None:
-            state.seen = start + s
         return args, kwargs
+
+    # -- never silent -------------------------------------------------------------------------
+    def verify(self, output) -> None:
+        """After a prefill: every layer's cache was reduced to its budget (or is a sliding
+        layer that had already dropped part of the prompt), and every prefill site selected."""
+        method, fwd = self.method, self._fwd
+        if not (method.active and fwd.prefill):
+            return
+        cache = fwd.cache if fwd.cache is not None else output_cache(output)
+        if method.kind == "prefill":
+            if len(self.trace.prefill_kept) != len(self.sites) or self._prune is None:
+                raise self.not_applied(
+                    f"a prefill ran but only {len(self.trace.prefill_kept)} of its "
+                    f"{len(self.sites)} sites (layers {list(self.sites)}) selected tokens"
+                )
+            return
+        if cache is None:
+            raise self.not_applied(
+                "the forward ran without a KV cache, so there was nothing to compress and its "
+                "output is the full model's; call the model with use_cache=True (generate does)"
+            )
+        if not fwd.attention_saw_cache:
+            raise self.not_applied(
+                "the model filled a KV cache, but its attention layers never received it, so "
+                "no entry was removed"
+            )
+        n = self.info.num_layers
+        missing = [i for i in range(n) if i not in fwd.reduced and i not in fwd.left_alone]
+        if missing:
+            raise self.not_applied(
+                f"after the prefill the caches of layers {missing} were not reduced "
+                f"(expected every layer of {n} to keep its budget)"
+            )
+        for i in sorted(fwd.reduced):
+            want, held = self.trace.kv_entries[i], _stored(cache, i)
+            if held != want:
+                raise self.not_applied(
+                    f"layer {i}'s cache holds {held} entries after the prefill; the reduction "
+                    f"kept {want}"
+                )
 
     # -- analytic cost ----------------------------------------------------------------------
     def gflops(self, trace: Trace | None = None) -> float:
@@ -402,19 +508,44 @@ def _stored(cache, layer: int) -> int:
     return 0 if keys is None or keys.numel() == 0 else keys.shape[-2]
 
 
+def _seen_length(cache_layer) -> int:
+    keys = cache_layer.keys
+    if keys is None or keys.numel() == 0:  # reset, or never filled
+        return 0
+    return keys.shape[-2] + cache_layer._tokenreduce_dropped
+
+
+def _count_dropped(cache_layer, removed: int) -> None:
+    """Make a reduced cache layer report every token it has seen from ``get_seq_length``, not
+    only the entries it still holds: the model derives the next positions from it, and
+    ``generate`` the tokens still to feed (a compressed cache passed to ``generate`` with the
+    whole conversation so far feeds only the new turn). Sliding layers already count what they
+    saw. The method is set on the layer instance, so a ``copy.deepcopy`` of the cache (one
+    compressed document, several questions) keeps it."""
+    if getattr(cache_layer, "is_sliding", False) or removed == 0:
+        return
+    cache_layer._tokenreduce_dropped = getattr(cache_layer, "_tokenreduce_dropped", 0) + removed
+    if "get_seq_length" not in vars(cache_layer):
+        cache_layer.get_seq_length = types.MethodType(_seen_length, cache_layer)
+
+
+def _cache_state(cache) -> _CacheState:
+    state = getattr(cache, _STATE, None)
+    if state is None:
+        state = _CacheState()
+        setattr(cache, _STATE, state)
+    return state
+
+
 def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
     method = adapter.method
     num_layers = adapter.info.num_layers
 
-    def reduce_prefill(attn, cache, hidden, position_embeddings, fwd: _Forward) -> None:
-        cl = cache.layers[layer]
-        keys, values = cl.keys, cl.values
-        b, hkv, n, _ = keys.shape
-        valid = _valid(fwd.mask2d, b, n, keys.device)
-        lengths = valid.sum(1)
-        method.check_prompt(int(lengths.min()))
-        keep_list = [method.layer_keep(layer, num_layers, int(x)) for x in lengths.tolist()]
-        for k, x in zip(keep_list, lengths.tolist(), strict=True):
+    def budgets(lengths: Tensor, whole: Tensor) -> list[int]:
+        """Entries each sample keeps: its budget, or all it holds where ``whole`` is False."""
+        keep = []
+        for x, w in zip(lengths.tolist(), whole.tolist(), strict=True):
+            k = method.layer_keep(layer, num_layers, x) if w else x
             if k < x and k < method.num_protected():
                 raise InvalidParameter(
                     f"{method.name}: the budget leaves {k} of {x} entries, fewer than the "
@@ -422,8 +553,32 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
                     f"({method.protected_description()}); lower compression_ratio or raise "
                     "cache_budget"
                 )
-        keep = torch.tensor(keep_list, device=keys.device)
-        position = (valid.long().cumsum(1) - 1).masked_fill(~valid, -1)
+            keep.append(k)
+        return keep
+
+    def reduce_prefill(attn, cache, hidden, position_embeddings, fwd: _Forward) -> None:
+        """Score the entries a prompt left in this layer's cache and keep each sample's budget.
+
+        A sliding layer may hold only the last entries of a long prompt: a sample whose real
+        tokens are not all there keeps every entry it holds (the layer is left alone for it),
+        the others are reduced; the same decision as for each sample alone."""
+        cl = cache.layers[layer]
+        keys, values = cl.keys, cl.values
+        b, hkv, n, _ = keys.shape
+        s = hidden.shape[1]
+        fed = _valid(fwd.mask2d, b, s, keys.device)
+        prompt = fed.sum(1)  # real prompt tokens per sample
+        valid = fed[:, s - n :]  # the stored entries are the last n fed
+        lengths = valid.sum(1)
+        whole = lengths == prompt
+        if not bool(whole.any()):
+            fwd.left_alone.add(layer)
+            return
+        method.check_prompt(int(prompt[whole].min()))
+        keep = torch.tensor(budgets(lengths, whole), device=keys.device)
+        position = (valid.long().cumsum(1) - 1 + (prompt - lengths)[:, None]).masked_fill(
+            ~valid, -1
+        )
         ctx = KVContext(
             layer,
             num_layers,
@@ -439,26 +594,23 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         index, kept = keep_per_head(scores, keep)
         cl.keys = gather_entries(keys, index)
         cl.values = gather_entries(values, index)
-        state = getattr(cache, _STATE, None)
-        if state is None:
-            state = _CacheState(seen=fwd.start + hidden.shape[1])
-            setattr(cache, _STATE, state)
-        ls = _LayerState(kept, fwd.start + index, keep, n - lengths)
+        _count_dropped(cl, n - index.shape[-1])
+        ls = _LayerState(kept, fwd.start + (s - n) + index, keep, s - prompt)
         if method.decode_every:  # what holding the budget while decoding reads
-            ls.hold = torch.tensor(
-                [method.decode_keep(layer, num_layers, int(x)) for x in lengths.tolist()],
-                device=keys.device,
-            )
+            hold = [method.decode_keep(layer, num_layers, int(x)) if w else 2**62
+                    for x, w in zip(prompt.tolist(), whole.tolist(), strict=True)]  # fmt: skip
+            ls.hold = torch.tensor(hold, device=keys.device)
             if method.accumulates:
                 ls.acc = ctx.attention(None).gather(-1, index).masked_fill(~kept, 0.0)
             r = min(method.decode_queries(), n)
             if r:
                 ls.q = _queries(attn, hidden, position_embeddings, r)
-                ls.q_time = torch.arange(fwd.start + n - r, fwd.start + n, device=keys.device)
-        state.layers[layer] = ls
+                ls.q_time = torch.arange(fwd.start + s - r, fwd.start + s, device=keys.device)
+        _cache_state(cache).layers[layer] = ls
+        fwd.reduced.add(layer)
         tr = adapter.trace
         tr.kv_entries[layer] = index.shape[-1]
-        tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
+        tr.prompt_tokens, tr.prompt_lengths = s, prompt.tolist()
 
     def remember_pruned(attn, cache) -> None:
         """Record time steps and validity of a pruned layer's cache entries for decoding."""
@@ -468,12 +620,10 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         valid = pr.kept[:, None, :].expand(b, hkv, m)
         time = adapter._fwd.start + pr.index[:, None, :].expand(b, hkv, m)
         stored = _stored(cache, layer)
-        state = getattr(cache, _STATE, None)
-        if state is None:
-            state = _CacheState(seen=adapter._fwd.start + pr.n)
-            setattr(cache, _STATE, state)
-        state.layers[layer] = _LayerState(valid[..., -stored:], time[..., -stored:], pr.keep,
-                                          pr.pad)  # fmt: skip
+        _count_dropped(cache.layers[layer], pr.n - m)
+        _cache_state(cache).layers[layer] = _LayerState(
+            valid[..., -stored:], time[..., -stored:], pr.keep, pr.pad
+        )
         adapter.trace.kv_entries[layer] = stored
 
     def track(attn, cache, ls: _LayerState, hidden, position_embeddings, fwd: _Forward, window):
@@ -530,12 +680,13 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         index, kept = keep_per_head(scores, keep)
         cl.keys = gather_entries(keys, index)
         cl.values = gather_entries(values, index)
+        _count_dropped(cl, keys.shape[-2] - index.shape[-1])
         ls.valid, ls.time, ls.since = kept, ls.time.gather(-1, index), 0
         if ls.acc is not None:
             ls.acc = ls.acc.gather(-1, index)
         adapter.trace.kv_entries[layer] = index.shape[-1]
 
-    def own_mask(attn, cache, ls: _LayerState, fwd: _Forward, s: int, window, dtype, device):
+    def own_mask(attn, ls: _LayerState, fwd: _Forward, s: int, window, dtype, device):
         """This forward's mask over the reduced cache plus the ``s`` new entries."""
         b, hkv = ls.valid.shape[:2]
         if fwd.mask2d is not None:
@@ -549,98 +700,52 @@ def _make_attention_forward(adapter: HFDecoderAdapter, layer: int):
         if window is not None:
             allowed &= ls.time[:, :, None, :] > t[None, None, :, None] - window
         if s == 1 and bool(allowed.all()):
-            return None, ls
+            return None
         allowed = allowed.repeat_interleave(attn.num_key_value_groups, dim=1)
         if _config(adapter.model)._attn_implementation == "sdpa":
-            return allowed, ls
+            return allowed
         return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
             ~allowed, torch.finfo(dtype).min
-        ), ls
+        )
 
-    def forward(
-        attn,
-        hidden_states: Tensor,
-        position_embeddings=None,
-        attention_mask=None,
-        past_key_values=None,
-        **kwargs,
-    ):
-        original = type(attn).forward
-        cache = past_key_values
-        if method.kind == "prefill" and method.active:
-            first = cache is None or cache.get_seq_length(layer) == 0
-            if first:
-                out = original(
-                    attn,
-                    hidden_states,
-                    position_embeddings=position_embeddings,
-                    attention_mask=attention_mask,
-                    past_key_values=cache,
-                    **kwargs,
-                )
+    def forward(attn, *args, **kwargs):
+        adapter.site_fired()
+        call = _Call(attn, args, kwargs)
+        cache, fwd = call.cache, adapter._fwd
+        if cache is not None:
+            fwd.cache, fwd.attention_saw_cache = cache, True
+        if not method.active or cache is None:
+            return call()
+        hidden = call.get("hidden_states")
+        position_embeddings = call.get("position_embeddings")
+        if cache.get_seq_length(layer) == 0:  # this layer's prefill
+            out = call()
+            if method.kind == "prefill":
                 # Layers after the first site cache only the tokens that ran them.
-                if cache is not None and adapter._prune is not None:
+                if adapter._prune is not None:
                     remember_pruned(attn, cache)
-                return out
-        if cache is None or not method.active:
-            return original(
-                attn,
-                hidden_states,
-                position_embeddings=position_embeddings,
-                attention_mask=attention_mask,
-                past_key_values=cache,
-                **kwargs,
-            )
-        fwd = adapter._fwd
-        window = _is_sliding(attn, cache, layer)
-        prefill = cache.get_seq_length(layer) == 0
+            else:
+                if layer == 0:
+                    adapter.trace.kv_entries = [None] * num_layers
+                reduce_prefill(attn, cache, hidden, position_embeddings, fwd)
+            return out
         state = getattr(cache, _STATE, None)
         ls = state.layers.get(layer) if state is not None else None
-        if prefill:
-            if layer == 0:
-                adapter.trace.kv_entries = [None] * num_layers
-            out = original(
-                attn,
-                hidden_states,
-                position_embeddings=position_embeddings,
-                attention_mask=attention_mask,
-                past_key_values=cache,
-                **kwargs,
-            )
-            # A sliding layer whose cache already dropped part of the prompt is left alone.
-            if window is None or _stored(cache, layer) == hidden_states.shape[1]:
-                reduce_prefill(attn, cache, hidden_states, position_embeddings, fwd)
-            return out
         if ls is None:  # a layer left alone
-            return original(
-                attn,
-                hidden_states,
-                position_embeddings=position_embeddings,
-                attention_mask=attention_mask,
-                past_key_values=cache,
-                **kwargs,
-            )
-        s = hidden_states.shape[1]
-        mask, ls = own_mask(
-            attn, cache, ls, fwd, s, window, hidden_states.dtype, hidden_states.device
-        )
-        out = original(
-            attn,
-            hidden_states,
-            position_embeddings=position_embeddings,
-            attention_mask=mask,
-            past_key_values=cache,
-            **kwargs,
-        )
+            return call()
+        window = _is_sliding(attn, cache, layer)
+        s = hidden.shape[1]
+        mask = own_mask(attn, ls, fwd, s, window, hidden.dtype, hidden.device)
+        out = call(attention_mask=mask)
         every = getattr(method, "decode_every", 0)
         if every:
-            track(attn, cache, ls, hidden_states, position_embeddings, fwd, window)
+            track(attn, cache, ls, hidden, position_embeddings, fwd, window)
         stored = _stored(cache, layer)
         if stored < ls.valid.shape[-1]:  # a sliding cache cropped its oldest entries
             ls.valid, ls.time = ls.valid[..., -stored:], ls.time[..., -stored:]
         ls.since += s
         if every and ls.since >= every:
-            reduce_decode(attn, cache, ls, hidden_states, position_embeddings, fwd, window)
+            reduce_decode(attn, cache, ls, hidden, position_embeddings, fwd, window)
         return out
 
     return forward
@@ -656,4 +761,11 @@ def cache_bytes(cache) -> int:
     return total
 
 
-__all__ = ["HFDecoderAdapter", "KVTrace", "cache_bytes"]
+__all__ = [
+    "HFDecoderAdapter",
+    "KVTrace",
+    "cache_bytes",
+    "cache_kwargs",
+    "find_cache",
+    "output_cache",
+]

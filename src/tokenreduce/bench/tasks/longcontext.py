@@ -101,10 +101,10 @@ class PrefillCache:
         self.bytes: int | None = None
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        from ...adapters.hf_decoder import cache_bytes
+        from ...adapters.hf_decoder import cache_bytes, output_cache
 
         if self.bytes is None:
-            self.bytes = cache_bytes(output.past_key_values)
+            self.bytes = cache_bytes(output_cache(output))
 
 
 def config_budget(config: str) -> tuple[str, float | None]:
@@ -543,14 +543,16 @@ def prefill_and_decode(
 ) -> tuple[float, float, float, float]:
     """Seconds of (prefill + first token) and of ``steps`` greedy decoding steps after it,
     in wall-clock time, then the same two in process CPU time (all threads)."""
+    from ...adapters.hf_decoder import cache_kwargs, output_cache
+
     with torch.inference_mode():
         start, start_cpu = perf_counter(), process_time()
         out = model(ids, use_cache=True, logits_to_keep=1)
         nxt = out.logits[:, -1:].argmax(-1)
         first, first_cpu = perf_counter(), process_time()
-        cache = out.past_key_values
+        cache = cache_kwargs(model, output_cache(out))
         for _ in range(steps):
-            out = model(nxt, past_key_values=cache, use_cache=True)
+            out = model(nxt, **cache, use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
         end, end_cpu = perf_counter(), process_time()
     return first - start, end - first, first_cpu - start_cpu, end_cpu - first_cpu

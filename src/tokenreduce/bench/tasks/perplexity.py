@@ -183,7 +183,7 @@ class Perplexity(Task):
         baseline: dict[str, Any] | None,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
-        from ...adapters.hf_decoder import cache_bytes
+        from ...adapters.hf_decoder import cache_bytes, cache_kwargs, output_cache
 
         kind, ratio = config_budget(config)
         handle = None if config == BASELINE else tokenreduce.patch(model, config)
@@ -194,10 +194,11 @@ class Perplexity(Task):
                 for done, (ctx, ids) in enumerate(self._batches(), 1):
                     prompt, cont = ids[:, :ctx], ids[:, ctx:]
                     out = model(prompt, use_cache=True, logits_to_keep=1)
-                    cache = out.past_key_values
+                    cache = output_cache(out)
                     kv[ctx] += cache_bytes(cache)
                     first = out.logits[:, -1:].float()
-                    rest = model(cont[:, :-1], past_key_values=cache, use_cache=True).logits
+                    rest = model(cont[:, :-1], **cache_kwargs(model, cache), use_cache=True)
+                    rest = rest.logits
                     logits = torch.cat([first, rest.float()], dim=1)
                     nll[ctx] += float(
                         F.cross_entropy(logits.flatten(0, 1), cont.flatten(), reduction="sum")
