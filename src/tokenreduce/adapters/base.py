@@ -101,6 +101,7 @@ class Adapter:
 
     def _guard_begin(self, module: nn.Module, args) -> None:
         self._fired = 0
+        self.trace.state = None  # never read a previous forward's token state
 
     def _guard_end(self, module: nn.Module, args, output) -> None:
         if self._fired == 0:
