@@ -6,10 +6,10 @@ Protected tokens are never dropped, never merged away and never absorb other tok
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .reduction import FoldPlan, Reduction
-from .scorers import cosine_similarity
 
 
 def _keep_indices(scores: Tensor, keep: int, protected: Tensor) -> Tensor:
@@ -55,7 +55,12 @@ MERGE_ORDERS = ("reference", "original")
 
 
 def bipartite_merge(
-    metric: Tensor, r: int, protected: Tensor, size: Tensor, order: str = "reference"
+    metric: Tensor,
+    r: int,
+    protected: Tensor,
+    size: Tensor,
+    order: str = "reference",
+    num_protected: int | None = None,
 ) -> Reduction:
     """ToMe's bipartite soft matching (Bolya et al., ICLR 2023).
 
@@ -79,6 +84,8 @@ def bipartite_merge(
             reference sorts them when there is a class token), else in descending similarity.
             The order matters because the next layer splits A and B by alternating index.
             ``"original"``: every token keeps its input order.
+        num_protected: the length of the protected prefix when the caller knows it
+            (``TokenState.num_protected``); read from ``protected`` otherwise.
 
     Returns:
         The :class:`Reduction` from N to N - r tokens.
@@ -89,25 +96,27 @@ def bipartite_merge(
     if order not in MERGE_ORDERS:
         raise ValueError(f"bipartite_merge: order must be one of {MERGE_ORDERS}, got {order!r}")
     b, n, _ = metric.shape
-    n_prot = int(protected.sum(1).max())
+    n_prot = int(protected.sum(1).max()) if num_protected is None else num_protected
     r = min(r, (n - n_prot) // 2)
     if r <= 0:
         return Reduction.select(torch.arange(n, device=metric.device).expand(b, n), n)
     # The protected prefix is the first (n_prot + 1) // 2 tokens of A and n_prot // 2 of B:
     # they propose nothing and receive nothing.
     prot_a, prot_b = (n_prot + 1) // 2, n_prot // 2
-    scores = cosine_similarity(metric[:, ::2], metric[:, 1::2])
-    scores[:, :prot_a] = -torch.inf
-    scores[:, :, :prot_b] = -torch.inf
+    metric = F.normalize(metric, dim=-1)  # once for both sets, as the reference does
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(-2, -1)  # cosine similarity (B, A, B)
+    if n_prot:
+        scores[:, :prot_a].fill_(-torch.inf)
+        scores[:, :, :prot_b].fill_(-torch.inf)
     node_max, node_idx = scores.max(dim=-1)
     edge_idx = node_max.argsort(dim=-1, descending=True)
     src = edge_idx[:, :r]  # A indices that merge away, most similar first
     dst = node_idx.gather(1, src)  # the B index each one joins
     if order == "original":
         return _merge_in_input_order(2 * src, 2 * dst + 1, size)
-    unmerged = edge_idx[:, r:]
-    if n_prot:
-        unmerged = unmerged.sort(dim=1).values  # protected A tokens (score -inf) now lead
+    # The reference sorts the unmerged A tokens by index when there is a class token; the
+    # protected ones (score -inf, never merged) then lead.
+    unmerged = _complement_ascending(src, edge_idx.shape[1]) if n_prot else edge_idx[:, r:]
     ar = torch.arange(n, device=metric.device)
     n_unm = unmerged.shape[1] - prot_a  # unprotected A tokens that stay
     lead = torch.cat(
@@ -117,6 +126,19 @@ def bipartite_merge(
     # B index j >= prot_b sits in slot n_prot + n_unm + (j - prot_b).
     plan = FoldPlan(lead, 2 * src, dst + (n_prot + n_unm - prot_b))
     return Reduction.from_plan(plan, size)
+
+
+def _complement_ascending(idx: Tensor, n: int) -> Tensor:
+    """The indices in ``range(n)`` missing from each row of ``idx`` (B, R), ascending (B, n - R).
+
+    What sorting the rest of an argsort gives, without a sort: each kept index is written to
+    its rank among the kept ones, the others to a spare column that is cut off.
+    """
+    b, r = idx.shape
+    keep = torch.ones(b, n, dtype=torch.bool, device=idx.device).scatter_(1, idx, False)
+    rank = torch.where(keep, keep.cumsum(1) - 1, n - r)
+    out = torch.empty(b, n - r + 1, dtype=torch.long, device=idx.device)
+    return out.scatter_(1, rank, torch.arange(n, device=idx.device).expand(b, n))[:, : n - r]
 
 
 def _merge_in_input_order(src: Tensor, dst: Tensor, size: Tensor) -> Reduction:

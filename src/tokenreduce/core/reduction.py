@@ -42,6 +42,36 @@ class FoldPlan(NamedTuple):
     fold_slot: Tensor
 
 
+class _Rows(NamedTuple):
+    """A :class:`FoldPlan` as row indices of ``x`` (B, N, ...) viewed as (B*N, ...) (``lead``,
+    ``fold``) and of the output viewed as (B*M, ...) (``fold_slot``): every gather is one
+    ``index_select`` and the fold one ``index_add_``, with no per-call index arithmetic."""
+
+    lead: Tensor
+    fold: Tensor
+    fold_slot: Tensor
+    batch: int
+
+    def take(self, x: Tensor, index: Tensor) -> Tensor:
+        """Rows ``index`` (one of this plan's) of ``x`` (B, N, ...): (B, K, ...)."""
+        out = x.reshape(-1, *x.shape[2:]).index_select(0, index)
+        return out.view(self.batch, index.numel() // self.batch, *x.shape[2:])
+
+    def add(self, out: Tensor, rows: Tensor) -> Tensor:
+        """``out`` (B, M, ...) plus each folded row (B, R, ...) in its slot, in plan order.
+
+        Half-precision sums are accumulated in float32 and rounded once, as ``scatter_add_``
+        does on CPU, so the result does not depend on which of the two paths applied it.
+        """
+        if rows.shape[1] == 0:
+            return out
+        acc = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+        acc.view(-1, *out.shape[2:]).index_add_(
+            0, self.fold_slot, rows.reshape(-1, *rows.shape[2:]).to(acc.dtype)
+        )
+        return acc.to(out.dtype)
+
+
 @dataclass(frozen=True)
 class Reduction:
     assign: Tensor
@@ -139,6 +169,34 @@ class Reduction:
             return None
         return plan
 
+    @cached_property
+    def _rows(self) -> _Rows | None:
+        """The fold plan as row indices of the flattened tensors, computed once per reduction;
+        None when there is no plan."""
+        plan = self._plan
+        if plan is None:
+            return None
+        b, n = self.assign.shape
+        offset = torch.arange(b, device=self.assign.device)[:, None]
+        return _Rows(
+            (plan.lead + offset * n).reshape(-1),
+            (plan.fold + offset * n).reshape(-1),
+            (plan.fold_slot + offset * self.num_out).reshape(-1),
+            b,
+        )
+
+    @cached_property
+    def synthetic(self) -> Tensor | None:
+        """(B, M) True at the slots without an input anchor (EViT's fused token); None when
+        there are none by construction (a selection, or every anchor leads its slot)."""
+        if self.is_selection or (self.plan is not None and self.plan.lead is self.anchor):
+            return None
+        return self.anchor < 0
+
+    @cached_property
+    def _anchor_index(self) -> Tensor:
+        return self.anchor.clamp_min(0)
+
     def apply(self, x: Tensor, mode: str = "mean") -> Tensor:
         """Reduce a token-aligned tensor ``x`` (B, N, ...) to (B, M, ...).
 
@@ -151,23 +209,33 @@ class Reduction:
         if self.is_selection:
             return take(x, self.anchor)
         if mode == "anchor":
-            synthetic = self.anchor < 0
-            out = take(x, self.anchor.clamp_min(0))
-            return out.masked_fill(_expand(synthetic, out), 0)
-        plan = self._plan
-        if plan is None:
+            if self.synthetic is None:
+                return take(x, self.anchor)
+            out = take(x, self._anchor_index)
+            return out.masked_fill(_expand(self.synthetic, out), 0)
+        rows = self._rows
+        if rows is None:
             return self._apply_scatter(x, mode)
         if mode == "sum":
-            out = take(x, plan.lead)
-            return _add_rows(out, plan.fold_slot, take(x, plan.fold))
+            if x is self.weight:  # token sizes: already summed for the weighted mean
+                return self._weights(x.dtype)[2]
+            return rows.add(rows.take(x, rows.lead), rows.take(x, rows.fold))
         # Weighted mean: sum of w * x over each slot, divided by the sum of w.
-        w = self.weight.to(x.dtype)
-        out = take(x, plan.lead).mul_(_expand(take(w, plan.lead), x))
-        out = _add_rows(
-            out, plan.fold_slot, take(x, plan.fold).mul_(_expand(take(w, plan.fold), x))
-        )
-        den = _add_rows(take(w, plan.lead), plan.fold_slot, take(w, plan.fold))
+        w_lead, w_fold, den = self._weights(x.dtype)
+        out = rows.take(x, rows.lead).mul_(_expand(w_lead, x))
+        out = rows.add(out, rows.take(x, rows.fold).mul_(_expand(w_fold, x)))
         return out.div_(_expand(den.clamp_min(torch.finfo(x.dtype).tiny), out))
+
+    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """The weights in ``dtype`` of the leads (B, M) and of the folded tokens (B, R), and
+        each slot's total (B, M): the denominator of every weighted mean, and the new sizes
+        when the weights are sizes. Computed once per dtype and shared: never modified."""
+        cache = self.__dict__.setdefault("_weight_cache", {})  # a frozen dataclass's cache
+        if dtype not in cache:
+            rows, w = self._rows, self.weight.to(dtype)
+            lead, fold = rows.take(w, rows.lead), rows.take(w, rows.fold)
+            cache[dtype] = (lead, fold, rows.add(lead.clone(), fold))
+        return cache[dtype]
 
     def _apply_scatter(self, x: Tensor, mode: str) -> Tensor:
         """The general path: scatter every token into its slot (one spare slot for drops)."""
@@ -220,23 +288,6 @@ def take(x: Tensor, index: Tensor) -> Tensor:
     flat = (index + torch.arange(b, device=index.device)[:, None] * n).reshape(-1)
     out = x.reshape(b * n, *x.shape[2:]).index_select(0, flat)
     return out.view(b, index.shape[1], *x.shape[2:])
-
-
-def _add_rows(out: Tensor, slot: Tensor, rows: Tensor) -> Tensor:
-    """``out[b, slot[b, j]] += rows[b, j]``, j ascending within each sample.
-
-    Half-precision sums are accumulated in float32 and rounded once, as ``scatter_add_``
-    does on CPU, so the result does not depend on which of the two paths applied it.
-    """
-    b, m = out.shape[:2]
-    if rows.shape[1] == 0:
-        return out
-    flat = (slot + torch.arange(b, device=slot.device)[:, None] * m).reshape(-1)
-    acc = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-    acc.view(b * m, *out.shape[2:]).index_add_(
-        0, flat, rows.reshape(-1, *rows.shape[2:]).to(acc.dtype)
-    )
-    return acc.to(out.dtype)
 
 
 def scatter_back(y: Tensor, index: Tensor, fill: float = 0.0) -> tuple[Tensor, Tensor]:

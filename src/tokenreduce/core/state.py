@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -29,6 +29,8 @@ class TokenState:
     position: Tensor
     protected: Tensor
     merged: bool = False
+    #: the count behind :attr:`num_protected`, read from ``protected`` once and carried on
+    _num_protected: int | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def initial(
@@ -41,6 +43,7 @@ class TokenState:
             source=pos.clone(),
             position=pos.clone(),
             protected=protected,
+            _num_protected=min(num_protected, num_tokens),
         )
 
     @property
@@ -49,7 +52,10 @@ class TokenState:
 
     @property
     def num_protected(self) -> int:
-        return int(self.protected.sum(1).max())
+        """Protected tokens per sample (a prefix of the same length in every sample)."""
+        if self._num_protected is None:
+            self._num_protected = int(self.protected.sum(1).max())
+        return self._num_protected
 
     @property
     def num_original(self) -> int:
@@ -59,13 +65,16 @@ class TokenState:
         """The state after ``red``: sizes summed, source map composed, anchors carried."""
         kept = self.source >= 0
         source = red.assign.gather(1, self.source.clamp_min(0)).masked_fill(~kept, -1)
-        size = red.apply(self.size, "sum")
+        position = red.apply(self.position, "anchor")
+        if red.synthetic is not None:
+            position = position.masked_fill(red.synthetic, -1)
         return TokenState(
-            size=size,
+            size=red.apply(self.size, "sum"),
             source=source,
-            position=red.apply(self.position, "anchor").masked_fill(red.anchor < 0, -1),
+            position=position,
             protected=red.apply(self.protected, "anchor"),
             merged=self.merged or not red.is_selection,
+            _num_protected=self._num_protected,  # reductions keep every protected token
         )
 
     def unmerge(self, y: Tensor, fill: float = 0.0) -> tuple[Tensor, Tensor]:

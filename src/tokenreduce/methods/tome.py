@@ -89,6 +89,7 @@ class ToMe(Method):
         return PerLayer(tome_schedule(model.num_layers, self.r, self.inflect))
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
+        state = ctx.state
         return bipartite_merge(
-            ctx.key_mean, n_remove, ctx.state.protected, ctx.state.size, self.order
+            ctx.key_mean, n_remove, state.protected, state.size, self.order, state.num_protected
         )
