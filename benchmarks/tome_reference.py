@@ -1,8 +1,9 @@
 """``tome`` against the authors' implementation (facebookresearch/ToMe), side by side.
 
-The reference is not on PyPI: pass the path of a checkout of https://github.com/facebookresearch/ToMe
-(``--tome-repo``). Its ``tome`` package is imported from there and its timm patch
-(``tome.patch.timm``) is applied to a copy of each model; nothing of it is copied here.
+The reference is not on PyPI (its ``tome`` is an unrelated markup language): pass the path of a
+checkout of https://github.com/facebookresearch/ToMe (``--tome-repo``). Its ``tome`` package is
+imported from there and its timm patch (``tome.patch.timm``) is applied to a copy of each
+model; nothing of it is copied here.
 
 Two measurements (CPU):
 
