@@ -75,7 +75,7 @@ def test_matched_default_budgets(loaded):
     # 64 patches: keep ratios of 25/50/75 % removed at blocks 1, 2, 3, and ToMe merging the
     # same counts there, plus ToMe with a constant r
     assert matched.removed_counts(0.5, 64) == [13, 10, 8]
-    assert "tome:r=8,inflect=0.0,prop_attn=True,schedule=(0,13,10,8)" in configs
+    assert "tome:r=8,inflect=0.0,prop_attn=True,schedule=(0,13,10,8),order='reference'" in configs
     assert "topk:keep_ratio=0.7937,layers=(1,2,3)" in configs
     assert "prunemerge:keep_ratio=0.63,layers=(1,2,3),merge_share=0.5" in configs
     assert len(configs) == 1 + 3 + 6 + 3
@@ -129,7 +129,7 @@ def test_fidelity_on_an_image_classifier(tmp_path, tiny_ckpt):
     rows = stored_rows(db)
     assert [c for _, c, _ in rows] == [
         BASELINE,
-        "tome:r=2,inflect=0.0,prop_attn=True,schedule=None",
+        "tome:r=2,inflect=0.0,prop_attn=True,schedule=None,order='reference'",
     ]
     base, tome = rows[0][2], rows[1][2]
     assert base["cls_cos"] == pytest.approx(1.0, abs=1e-6) and tome["cls_cos"] < 1
