@@ -40,9 +40,9 @@ def batch():
     return padded_batch()
 
 
-def _times(cache, layer: int) -> set[int]:
+def _times(handle, cache, layer: int) -> set[int]:
     """Time steps of the real entries a layer's reduced cache holds (sample 0, KV head 0)."""
-    ls = cache._tokenreduce_kv.layers[layer]
+    ls = handle.trace.kv_state(cache)[layer]
     return set(ls.time[0, 0][ls.valid[0, 0]].tolist())
 
 
@@ -138,8 +138,8 @@ def test_a_pruned_token_revives_with_the_state_it_left_with(llama, batch):
     # Site 0 removes floor(19 * 0.25) = 4 tokens (0..3); site 1 removes 9 of the 19.
     assert kept[0] == list(range(4, 20))
     assert kept[1] == [1, *range(10, 20)]
-    assert 1 not in _times(cache, 1)
-    assert 1 in _times(cache, 2) and 1 in _times(cache, 3)
+    assert 1 not in _times(handle, cache, 1)
+    assert 1 in _times(handle, cache, 2) and 1 in _times(handle, cache, 3)
     # Its key at layer 2 comes from its residual state after layer 0, unchanged since.
     h0 = llama(ids, output_hidden_states=True).hidden_states[1][:, 1:2]  # output of layer 0
     layer = llama.model.layers[2]
@@ -147,7 +147,7 @@ def test_a_pruned_token_revives_with_the_state_it_left_with(llama, batch):
     k = layer.self_attn.k_proj(x).view(1, 1, 2, 16).transpose(1, 2)
     cos, sin = llama.model.rotary_emb(x, position_ids=torch.tensor([[1]]))
     k = k * cos[:, None] + torch.cat([-k[..., 8:], k[..., :8]], dim=-1) * sin[:, None]
-    ls = cache._tokenreduce_kv.layers[2]
+    ls = handle.trace.kv_state(cache)[2]
     slot = int((ls.time[0, 0] == 1).nonzero())
     torch.testing.assert_close(cache.layers[2].keys[:, :, slot : slot + 1], k)
 
@@ -159,7 +159,7 @@ def test_without_revival_the_kept_sets_are_nested(llama, batch):
         cache = output_cache(llama(ids, use_cache=True))
         kept = [set(k[0].tolist()) for k in handle.trace.prefill_kept]
     assert 1 not in kept[1] and kept[1] <= kept[0]
-    assert 1 not in _times(cache, 2)
+    assert 1 not in _times(handle, cache, 2)
 
 
 def test_keep_last_protects_the_end_of_the_prompt(llama, batch):

@@ -109,7 +109,7 @@ def test_cache_holds_exactly_the_budget(name, budget, llama, batch):
         assert cl.keys.shape == (3, 2, max(want), 16)
         assert cl.values.shape == cl.keys.shape
         assert handle.trace.kv_entries[layer] == max(want)
-        valid = cache._tokenreduce_kv.layers[layer].valid  # (B, Hkv, M)
+        valid = handle.trace.kv_state(cache)[layer].valid  # (B, Hkv, M)
         assert valid.sum(-1).tolist() == [[w, w] for w in want]
     expected = sum(max(method.layer_keep(i, 2, n) for n in lengths) for i in range(2))
     bytes_ = cache_bytes(cache)
@@ -241,7 +241,7 @@ def test_decode_every_holds_the_budget(name, budget, llama, batch):
     """Every layer holds its own budget (PyramidKV: its per-layer one) per sample."""
     ids, mask = batch
     method = make(name, decode_every=4, **budget)
-    with tokenreduce.patch(llama, method):
+    with tokenreduce.patch(llama, method) as handle:
         out = llama.generate(
             ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
             pad_token_id=0, return_dict_in_generate=True,
@@ -253,7 +253,7 @@ def test_decode_every_holds_the_budget(name, budget, llama, batch):
         hold = [method.decode_keep(layer, 2, n) for n in lengths]
         assert hold == [method.layer_keep(layer, 2, n) for n in lengths]  # prompts >= budget
         assert _cache_lengths(cache)[layer] == max(hold) + 3
-        valid = cache._tokenreduce_kv.layers[layer].valid
+        valid = handle.trace.kv_state(cache)[layer].valid
         assert valid.sum(-1).tolist() == [[h + 3, h + 3] for h in hold]
 
 
@@ -285,12 +285,12 @@ def test_h2o_accumulates_attention_while_decoding(llama, batch):
     """With nothing evicted, each entry's running total equals the attention it received from
     every query of the whole sequence (prompt and generated), computed by eager attention."""
     ids = batch[0][:1, :24]
-    with tokenreduce.patch(llama, make("h2o", cache_budget=64, decode_every=3)):
+    with tokenreduce.patch(llama, make("h2o", cache_budget=64, decode_every=3)) as handle:
         out = llama.generate(
             ids, max_new_tokens=7, min_new_tokens=7, do_sample=False, pad_token_id=0,
             return_dict_in_generate=True,
         )  # fmt: skip
-    state = output_cache(out)._tokenreduce_kv
+    state = handle.trace.kv_state(output_cache(out))
     seq = out.sequences[:, :-1]  # the last token was never fed
     eager = tiny_lm("llama", layers=2)
     eager.config._attn_implementation = "eager"
@@ -299,9 +299,9 @@ def test_h2o_accumulates_attention_while_decoding(llama, batch):
     attn = eager(seq, output_attentions=True).attentions
     for i, probs in enumerate(attn):
         want = probs.sum(2).view(1, 2, 2, seq.shape[1]).mean(2)  # (B, Hkv, T)
-        ls = state.layers[i]
+        ls = state[i]
         assert ls.time.shape[-1] == seq.shape[1]
-        got = torch.zeros_like(want).scatter(-1, ls.time, ls.acc)
+        got = torch.zeros_like(want).scatter(-1, ls.time, ls.accumulated)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 

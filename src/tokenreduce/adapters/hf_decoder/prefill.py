@@ -1,0 +1,163 @@
+"""Prefill methods (FastV, LazyLLM): prompt tokens selected after the attention of the site
+layers, the layers after a site run on the selected tokens.
+
+The decoder layers from the first site on are wrapped (:class:`LayerSite`). During a prefill a
+wrapped layer runs on the kept tokens, with their original positions (RoPE gathered by index)
+and a mask over them, causal by original index; at a site it then ranks the candidates by the
+method's score (:func:`select`). A method that revives ranks every prompt token at every site:
+one pruned earlier takes part with its residual state from when it left (an auxiliary
+tensor), so the layers it skipped are not recomputed for it, and their caches lack it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ...core.kv import KVContext, keep_per_head
+from .family import attention_mask, keys, padding_valid, queries
+
+
+@dataclass
+class Pruned:
+    """Prompt tokens kept by a prefill method at its latest site, for the layers after it."""
+
+    index: Tensor  # (B, M) kept token indices (filler slots first, then ascending)
+    kept: Tensor  # (B, M) False for filler slots
+    keep: Tensor  # (B,) tokens kept per sample
+    pad: Tensor  # (B,) left padding per sample
+    n: int  # prompt length before pruning (padding included)
+    valid: Tensor  # (B, n) real prompt tokens
+    aux: Tensor | None = None  # (B, n, C) every token's latest residual state (revival)
+
+
+class LayerSite:
+    """The ``forward`` of decoder layer ``layer`` (at or after a prefill method's first site),
+    bound on its module's instance: during a prefill it runs on the kept tokens, with their
+    positions and a mask over them; at a site it then selects."""
+
+    def __init__(self, adapter, layer: int) -> None:
+        self.adapter = adapter
+        self.layer = layer
+        self.stage = adapter.sites.index(layer) if layer in adapter.sites else None
+
+    def __call__(self, dl: nn.Module, hidden_states: Tensor, *args, **kwargs):
+        original = type(dl).forward
+        fwd = self.adapter.current
+        pr = fwd.pruned
+        if not (self.adapter.method.active and fwd.prefill) or (pr is None and self.stage is None):
+            return original(dl, hidden_states, *args, **kwargs)
+        if args:
+            raise TypeError("tokenreduce: decoder layers must be called with keyword arguments")
+        position_embeddings = kwargs["position_embeddings"]
+        if pr is not None:
+            kwargs = pruned_kwargs(self.adapter.model, dl, pr, kwargs, hidden_states.dtype)
+        out = original(dl, hidden_states, **kwargs)
+        if self.stage is None:
+            return out
+        return select(self.adapter, dl, self.layer, self.stage, hidden_states, out,
+                      position_embeddings)  # fmt: skip
+
+
+def pruned_kwargs(model: nn.Module, dl: nn.Module, pr: Pruned, kwargs: dict, dtype) -> dict:
+    """A layer's keyword arguments for the kept tokens: their positions and a mask over them
+    (causal by original index)."""
+    kwargs = dict(kwargs)
+    cos, sin = kwargs["position_embeddings"]
+    kwargs["position_embeddings"] = (take(cos, pr.index), take(sin, pr.index))
+    if kwargs.get("position_ids") is not None:
+        kwargs["position_ids"] = (
+            kwargs["position_ids"].expand(pr.index.shape[0], -1).gather(1, pr.index)
+        )
+    t = pr.index
+    allowed = pr.kept[:, None, None, :] & (t[:, None, None, :] <= t[:, None, :, None])
+    window = getattr(dl.self_attn, "sliding_window", None)
+    if window is not None:
+        allowed &= t[:, None, None, :] > t[:, None, :, None] - window
+    # Every row may see itself, so a filler slot never has an all-masked row (NaN).
+    allowed |= torch.eye(t.shape[1], dtype=torch.bool, device=t.device)
+    kwargs["attention_mask"] = attention_mask(model, allowed, dtype)
+    return kwargs
+
+
+def select(adapter, dl: nn.Module, layer: int, stage: int, h_in: Tensor, out: Tensor,
+           position_embeddings) -> Tensor:  # fmt: skip
+    """A prefill method's site: rank the candidate prompt tokens by the method's score at this
+    layer, keep the best, and return the hidden states the next layer runs on (B, M, C).
+
+    Candidates are the tokens that ran this layer or, for a method that revives, every prompt
+    token (the pruned ones at their stored state)."""
+    method, fwd = adapter.method, adapter.current
+    pr = fwd.pruned
+    if pr is None:  # the first site: every token ran this layer
+        b, n = h_in.shape[:2]
+        valid = padding_valid(fwd.mask2d, b, n, h_in.device)
+        index, kept, aux = torch.arange(n, device=h_in.device).expand(b, n), valid, None
+    else:
+        n, valid, index, kept, aux = pr.n, pr.valid, pr.index, pr.kept, pr.aux
+    lengths = valid.sum(1)
+    pad = n - lengths
+    if aux is not None:  # revival: all tokens, the pruned ones at their stored state
+        states = put(aux, index, kept, h_in)
+        cand, cand_valid = torch.arange(n, device=h_in.device).expand_as(valid), valid
+    else:
+        states, cand, cand_valid = h_in, index, kept
+    scores = _scores(adapter, dl, layer, states, cand, cand_valid, pad, position_embeddings)
+    scores = scores.masked_fill(cand >= n - method.keep_last, float("inf"))
+    scores = scores.masked_fill(~cand_valid, float("-inf"))
+    last = len(adapter.sites) - 1
+    keep = [method.keep_count(int(x), stage, last + 1) for x in lengths.tolist()]
+    keep = torch.tensor(keep, device=h_in.device)
+    rel, new_kept = keep_per_head(scores[:, None, :], keep)
+    rel, new_kept = rel[:, 0], new_kept[:, 0]
+    new_index = cand.gather(1, rel)
+    new_aux = None
+    if method.revive:  # every token's state after this layer (pruned ones unchanged)
+        after = out if pr is None else put(states, index, kept, out)
+        nxt = take(after, new_index)
+        new_aux = after if stage < last else None
+    else:
+        nxt = take(out, rel)
+    _record(adapter, stage, n, lengths, new_index.masked_fill(~new_kept, -1))
+    fwd.pruned = Pruned(new_index, new_kept, keep, pad, n, valid, new_aux)
+    return nxt
+
+
+def _scores(adapter, dl: nn.Module, layer: int, states: Tensor, cand: Tensor,
+            cand_valid: Tensor, pad: Tensor, position_embeddings) -> Tensor:  # fmt: skip
+    """(B, K) the method's score of each candidate, from the last token's attention over the
+    candidates' keys at this layer (RoPE at their original positions)."""
+    attn = dl.self_attn
+    x = dl.input_layernorm(states)
+    cos, sin = position_embeddings
+    k = keys(attn, x, take(cos, cand), take(sin, cand))
+    q = queries(attn, x, position_embeddings, 1)  # the last token: the last candidate
+    position = (cand - pad[:, None]).masked_fill(~cand_valid, -1)
+    ctx = KVContext(layer, adapter.info.num_layers, k, k, cand_valid, position, attn.scaling,
+                    lambda rows: q)  # fmt: skip
+    return adapter.method.scores(ctx).float()
+
+
+def _record(adapter, stage: int, n: int, lengths: Tensor, kept: Tensor) -> None:
+    """Add a site's kept tokens (B, M), -1 for filler, to the trace; the first starts it."""
+    tr = adapter.trace
+    if stage == 0:
+        tr.kv_entries = [None] * adapter.info.num_layers
+        tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
+        tr.prefill_kept = []
+    tr.prefill_kept.append(kept)
+
+
+def take(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` (B, M) of x (B or 1, N, C) -> (B, M, C)."""
+    b, m = index.shape
+    return x.expand(b, -1, -1).gather(1, index[:, :, None].expand(b, m, x.shape[-1]))
+
+
+def put(base: Tensor, index: Tensor, kept: Tensor, x: Tensor) -> Tensor:
+    """``base`` (B, N, C) with rows ``index`` (B, M) replaced by ``x`` (B, M, C) where ``kept``;
+    a filler slot's computation never reaches a token's state."""
+    src = torch.where(kept[:, :, None], x, take(base, index))
+    return base.scatter(1, index[:, :, None].expand_as(src), src)
