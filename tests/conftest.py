@@ -82,3 +82,13 @@ def num_prefix(model: torch.nn.Module) -> int:
 @pytest.fixture(params=[*VIT_VARIANTS, *HF_VARIANTS])
 def vit(request) -> torch.nn.Module:
     return make_vit(request.param)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run on one thread: more would only oversubscribe a shared machine. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,14 +16,7 @@ from tokenreduce.adapters.hf_decoder import cache_kwargs, find_cache, output_cac
 from .lmutil import tiny_lm
 
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
