@@ -135,9 +135,9 @@ def test_budgets():
     assert tome_schedule(12, 13) == (13,) * 12
     sched = tome_schedule(12, 8, inflect=0.5)
     assert sched[0] == 4 and sched[-1] == 12 and sched == tuple(sorted(sched))
-    assert KeepRatio(0.7, (3,)).remove(3, 196) == 196 - math.ceil(0.7 * 196)
-    assert KeepRatio(0.7, (3,)).remove(2, 196) == 0
-    assert PerLayer((1, 2)).remove(5, 100) == 0 and PerLayer((1, 50)).remove(1, 10) == 10
+    assert KeepRatio(0.7, (3,)).keep(3, 196) == math.ceil(0.7 * 196)
+    assert KeepRatio(0.7, (3,)).keep(2, 196) == 196
+    assert PerLayer((1, 2)).keep(5, 100) == 100 and PerLayer((1, 50)).keep(1, 10) == 0
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,8 +1,9 @@
 """The shared invariants of DESIGN.md, checked for every registered method on every layout.
 
 A method is covered the moment it is registered: the suite is parametrised over
-``tokenreduce.methods.available()`` and builds each method from its declared budget
-parameter (``budget_param``, ``budget_identity``, ``budget_sweep``).
+``tokenreduce.methods.available()`` and builds each method from its own test-sized
+parameters (``test_params``), or with its budget parameter at the value that removes nothing
+(``budget_param``, ``budget_identity``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tokenreduce.core.state import TokenState
 from .conftest import HF_VARIANTS, TINY, VIT_VARIANTS, images, make_vit, num_prefix, run
 from .test_pooling_heads import MAP_TAKES_MASK
 
-TOKEN_METHODS = [n for n in methods.available() if methods.get(n).kind == "tokens"]
+TOKEN_METHODS = [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
 
 
 def has_field(name: str, field: str) -> bool:
@@ -30,12 +31,10 @@ LAYERED_METHODS = [n for n in TOKEN_METHODS if has_field(n, "layers")]
 
 
 def build(name: str, zero: bool = False) -> methods.Method:
-    """The method with reductions at blocks 1 and 2 of the tiny 4-block models."""
+    """The method sized for the tiny 4-block models (``test_params``: reductions at blocks 1
+    and 2 where it has ``layers``); ``zero``: at the budget that removes nothing."""
     cls = methods.get(name)
-    kwargs = {cls.budget_param: cls.budget_identity if zero else cls.budget_sweep[-1]}
-    if has_field(name, "layers"):
-        kwargs["layers"] = (1, 2)
-    return cls(**kwargs)
+    return cls.for_tests(**({cls.budget_param: cls.budget_identity} if zero else {}))
 
 
 @pytest.fixture(params=TOKEN_METHODS)

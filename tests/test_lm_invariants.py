@@ -1,13 +1,12 @@
 """Invariants of every registered KV-cache method on Hugging Face decoder LMs.
 
-Parametrised over ``tokenreduce.methods.available()`` filtered to ``kind == "kv_cache"``, so a
+Parametrised over ``tokenreduce.methods.available()`` filtered to the ``KVCacheMethod`` and
+``PrefillMethod`` classes, built with their own ``test_params``, so a
 newly registered cache method is tested here without editing this file. The models are tiny,
 randomly initialised Llama / Qwen3 / Gemma-3 decoders with grouped KV heads.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
@@ -15,14 +14,14 @@ import torch
 import tokenreduce
 from tokenreduce import methods
 from tokenreduce.adapters.hf_decoder import cache_bytes, cache_kwargs, output_cache
+from tokenreduce.core.context import ModelInfo
 from tokenreduce.methods.base import InvalidParameter
 
 from .lmutil import PROMPT, generate, padded_batch, tiny_lm
 
 transformers = pytest.importorskip("transformers")
 
-KV_METHODS = [n for n in methods.available() if methods.get(n).kind == "kv_cache"]
-SMALL = {"window_size": 6, "n_sink": 2}  # window-like parameters sized for short prompts
+KV_METHODS = [n for n in methods.available() if issubclass(methods.get(n), methods.KVCacheMethod)]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,9 +34,13 @@ def one_thread():
 
 
 def make(name: str, **kw) -> methods.Method:
-    cls = methods.get(name)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in SMALL.items() if k in fields}, **kw)
+    """The method with its test-sized parameters (``test_params``), then ``kw``."""
+    return methods.get(name).for_tests(**kw)
+
+
+def info(num_layers: int) -> ModelInfo:
+    """A decoder of ``num_layers`` layers, as a method's budget sees it."""
+    return ModelInfo("test", num_layers=num_layers, num_prefix=0, has_class_token=False, grid=None)
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +108,13 @@ def test_cache_holds_exactly_the_budget(name, budget, llama, batch):
         out = llama(ids, attention_mask=mask, use_cache=True)
     cache = output_cache(out)
     for layer, cl in enumerate(cache.layers):
-        want = [method.layer_keep(layer, 2, n) for n in lengths]
+        want = [method.budget(info(2)).keep(layer, n) for n in lengths]
         assert cl.keys.shape == (3, 2, max(want), 16)
         assert cl.values.shape == cl.keys.shape
         assert handle.trace.kv_entries[layer] == max(want)
         valid = handle.trace.kv_state(cache)[layer].valid  # (B, Hkv, M)
         assert valid.sum(-1).tolist() == [[w, w] for w in want]
-    expected = sum(max(method.layer_keep(i, 2, n) for n in lengths) for i in range(2))
+    expected = sum(max(method.budget(info(2)).keep(i, n) for n in lengths) for i in range(2))
     bytes_ = cache_bytes(cache)
     assert bytes_ == full * expected // (2 * PROMPT)
     assert handle.gflops() < handle.baseline_gflops()
@@ -127,7 +130,7 @@ def test_ratio_budget_removes_the_ratio(llama, batch):
 
 def test_pyramidkv_budgets_fall_with_depth():
     m = methods.build("pyramidkv:compression_ratio=0.5,window_size=8,beta=4")
-    keep = [m.layer_keep(i, 6, 1000) for i in range(6)]
+    keep = [m.budget(info(6)).keep(i, 1000) for i in range(6)]
     assert keep == sorted(keep, reverse=True) and keep[0] > keep[-1]
     assert abs(sum(keep) - 6 * 500) <= 6  # same total as uniform, up to rounding
 
@@ -251,7 +254,7 @@ def test_decode_every_holds_the_budget(name, budget, llama, batch):
     cache = output_cache(out)
     for layer in range(2):
         hold = [method.decode_keep(layer, 2, n) for n in lengths]
-        assert hold == [method.layer_keep(layer, 2, n) for n in lengths]  # prompts >= budget
+        assert hold == [method.budget(info(2)).keep(layer, n) for n in lengths]  # prompts >= budget
         assert _cache_lengths(cache)[layer] == max(hold) + 3
         valid = handle.trace.kv_state(cache)[layer].valid
         assert valid.sum(-1).tolist() == [[h + 3, h + 3] for h in hold]
@@ -336,14 +339,12 @@ def test_decode_every_refused_where_the_score_needs_prompt_queries():
 
 
 # -- prefill pruning ---------------------------------------------------------------------------
-PREFILL = [n for n in methods.available() if methods.get(n).kind == "prefill"]
+PREFILL = [n for n in methods.available() if issubclass(methods.get(n), methods.PrefillMethod)]
 
 
 def make_prefill(name: str, ratio: float) -> methods.Method:
     cls = methods.get(name)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    extra = {"layer": 0} if "layer" in fields else {}
-    return cls(**extra, **{cls.budget_param: ratio})
+    return cls.for_tests(**{cls.budget_param: ratio})
 
 
 @pytest.mark.parametrize("name", PREFILL)
@@ -368,7 +369,8 @@ def test_prefill_pruning_shrinks_later_layers(name, llama, batch):
     ids, mask = batch
     method = make_prefill(name, 0.5)
     lengths = mask.sum(1).tolist()
-    m = max(method.keep_count(n) for n in lengths)
+    last = method.sites(2)[-1]
+    m = max(method.budget(info(2)).keep(last, n) for n in lengths)
     with tokenreduce.patch(llama, method) as handle:
         out = llama(ids, attention_mask=mask, use_cache=True)
         assert handle.trace.kv_entries == [None, m]

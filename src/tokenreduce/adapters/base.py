@@ -12,7 +12,7 @@ from torch import nn
 from ..core.budgets import Budget
 from ..core.context import ModelInfo, TokenContext
 from ..core.state import TokenState
-from ..methods.base import Method
+from ..methods.base import InvalidParameter, Method, kinds_text
 
 
 class ReductionNotApplied(RuntimeError):
@@ -55,12 +55,20 @@ class Adapter:
     """
 
     family: ClassVar[str]
+    #: the method classes this family takes (e.g. ``(TokenMethod,)``); any other method is
+    #: refused at patch time, naming the kinds and the registered methods that fit
+    accepts: ClassVar[tuple[type[Method], ...]] = ()
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         raise NotImplementedError
 
     def __init__(self, model: nn.Module, method: Method) -> None:
+        if not isinstance(method, self.accepts):
+            raise InvalidParameter(
+                f"{method.name} is a {method.kind_words} method (kind {method.kind!r}), which "
+                f"a {type(model).__name__} does not take; use {kinds_text(self.accepts)}"
+            )
         self.model = model
         self.method = method
         self.info: ModelInfo = self.describe(model)
@@ -156,7 +164,8 @@ class Adapter:
         ``q`` and ``k`` are (B, H, N, D) as the layer used them. Returns the reduced ``x``.
         """
         state = self.trace.state
-        n_remove = self.budget.remove(layer, x.shape[1] - state.num_protected)
+        n = x.shape[1] - state.num_protected
+        n_remove = n - self.budget.keep(layer, n)
         if n_remove > 0:
             ctx = TokenContext(layer, x, q, k, state, self.info, scale, bias)
             red = self.method.reduce(ctx, n_remove)

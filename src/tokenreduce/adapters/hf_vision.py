@@ -158,13 +158,6 @@ class HFVisionAdapter(VisionAdapter):
         )
 
     def __init__(self, model: nn.Module, method: Method) -> None:
-        if getattr(method, "kind", "tokens") != "tokens":
-            from ..methods.base import InvalidParameter
-
-            raise InvalidParameter(
-                f"{method.name} is a {method.kind!r} method; a vision transformer needs a method "
-                "that reduces the token sequence (kind 'tokens')"
-            )
         super().__init__(model, method)
         spec = self._spec(model)
         self.spec = spec

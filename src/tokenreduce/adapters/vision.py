@@ -20,7 +20,7 @@ from torch import nn
 
 from ..core.context import ModelInfo
 from ..core.state import TokenState
-from ..methods.base import Method
+from ..methods.base import Method, TokenMethod
 from .base import Adapter, Trace
 
 
@@ -35,6 +35,8 @@ class VisionTrace(Trace):
 
 class VisionAdapter(Adapter):
     """An adapter for a vision transformer whose input size, and so patch grid, may vary."""
+
+    accepts = (TokenMethod,)
 
     def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__(model, method)

@@ -8,7 +8,7 @@ the configuration ``baseline``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from .. import methods
 
@@ -19,58 +19,17 @@ class ConfigError(ValueError):
     """A method name or budget spec given on the command line is not usable."""
 
 
-def _layers(depth: int, fractions: Sequence[float]) -> list[int]:
-    """Block indices at fixed fractions of the depth: (3, 6, 9) for 12 blocks at 1/4, 2/4, 3/4."""
-    return sorted({min(depth - 1, max(0, int(depth * f))) for f in fractions})
-
-
 def default_sweep(name: str, depth: int, quick: bool = False) -> list[str]:
-    """The default budgets of one method on a model with ``depth`` blocks.
-
-    Keep-ratio methods reduce at 1/4, 1/2 and 3/4 of the depth (the EViT paper's (3, 6, 9) on
-    12 blocks); ``quick`` keeps one mid-range budget per method. A method without a listed
-    sweep runs once with its own defaults.
-    """
-    quarters = _layers(depth, (0.25, 0.5, 0.75))
-    sweeps: dict[str, tuple[list[str], str]] = {
-        "tome": (["r=8", "r=12", "r=16"], "r=12"),
-        "evit": (
-            [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5, 0.4)],
-            f"keep_ratio=0.5,layers={quarters}",
-        ),
-        "topk": (
-            [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5, 0.4)],
-            f"keep_ratio=0.5,layers={quarters}",
-        ),
-        "prunemerge": (
-            [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5, 0.4)],
-            f"keep_ratio=0.5,layers={quarters}",
-        ),
-        "random": (
-            [f"keep_ratio={k},layers={quarters}" for k in (0.7, 0.5)],
-            f"keep_ratio=0.5,layers={quarters}",
-        ),
-        "pool": (
-            [f"kernel=2,layers={_layers(depth, (f,))}" for f in (1 / 3, 1 / 6)],
-            f"kernel=2,layers={_layers(depth, (1 / 3,))}",
-        ),
-    }
-    if name not in sweeps:
-        method = methods.get(name)
-        values = getattr(method, "budget_sweep", ())
-        if not values:
-            return [name]
-        param = method.budget_param
-        full_specs = [f"{param}={v}" for v in values]
-        sweeps[name] = (full_specs, full_specs[len(full_specs) // 2])
-    full, one = sweeps[name]
-    return [f"{name}:{p}".replace(" ", "") for p in ([one] if quick else full)]
+    """The default budgets of one method on a model with ``depth`` blocks, as the method
+    declares them (:meth:`tokenreduce.methods.Method.default_sweep`: e.g. keep-ratio methods
+    reduce at 1/4, 1/2 and 3/4 of the depth); ``quick`` keeps one mid-range budget."""
+    return [methods.describe(m) for m in methods.get(name).default_sweep(depth, quick)]
 
 
 def token_methods(kind: str | tuple[str, ...] = "tokens") -> list[str]:
-    """Registered methods of ``kind`` (one kind or several): ``"tokens"`` reduce the
-    hidden-state sequence (the vision methods), ``"kv_cache"`` the cache of a language model,
-    ``"prefill"`` the prompt inside a language model."""
+    """Registered methods of ``kind`` (one kind or several, ``Method.kind``): ``"tokens"``
+    reduce the hidden-state sequence (the vision methods), ``"kv_cache"`` the cache of a
+    language model, ``"prefill"`` the prompt inside a language model."""
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     return [n for n in methods.available() if methods.get(n).kind in kinds]
 

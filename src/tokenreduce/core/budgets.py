@@ -1,8 +1,13 @@
-"""Budgets: how many tokens a method removes at each layer.
+"""Budgets: how many tokens survive at each site.
 
-A budget answers one question, ``remove(layer, n)``: of the ``n`` reducible (unprotected)
-tokens present at ``layer``, how many should go. Reducers may remove fewer when their
-strategy caps it (ToMe's bipartite matching removes at most half).
+A budget answers one question for every kind of method, ``keep(site, n)``: of the ``n``
+reducible tokens (unprotected tokens, cache entries, prompt tokens) present at ``site`` (a
+layer index), how many survive. Reducers may keep more when their strategy caps a
+reduction (ToMe's bipartite matching removes at most half).
+
+The matched-budget helpers place reductions by the model's depth and turn a share of tokens
+removed into a per-site keep ratio, so methods of different strategies can be compared at
+equal token counts.
 """
 
 from __future__ import annotations
@@ -13,17 +18,11 @@ from dataclasses import dataclass
 
 
 class Budget:
-    """Base class. ``layers`` is the tuple of layers where anything happens (None = all)."""
+    """Base class: :meth:`keep` is the one question every adapter asks."""
 
-    def remove(self, layer: int, n: int) -> int:
+    def keep(self, site: int, n: int) -> int:
+        """Tokens that survive at ``site`` out of the ``n`` reducible ones there."""
         raise NotImplementedError
-
-    def active_layers(self, num_layers: int) -> list[int]:
-        return [i for i in range(num_layers) if self.remove(i, 1 << 30) > 0]
-
-    def max_layer(self) -> int | None:
-        """Highest layer index this budget names explicitly (checked against the model)."""
-        return None
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,8 @@ class ConstantR(Budget):
 
     r: int
 
-    def remove(self, layer: int, n: int) -> int:
-        return min(self.r, n)
+    def keep(self, site: int, n: int) -> int:
+        return n - min(self.r, n)
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,8 @@ class PerLayer(Budget):
 
     schedule: tuple[int, ...]
 
-    def remove(self, layer: int, n: int) -> int:
-        return min(self.schedule[layer], n) if layer < len(self.schedule) else 0
+    def keep(self, site: int, n: int) -> int:
+        return n - min(self.schedule[site], n) if site < len(self.schedule) else n
 
 
 def tome_schedule(num_layers: int, r: int, inflect: float = 0.0) -> tuple[int, ...]:
@@ -62,12 +61,62 @@ class KeepRatio(Budget):
     keep_ratio: float
     layers: tuple[int, ...]
 
-    def remove(self, layer: int, n: int) -> int:
-        return n - math.ceil(self.keep_ratio * n) if layer in self.layers else 0
+    def keep(self, site: int, n: int) -> int:
+        return math.ceil(self.keep_ratio * n) if site in self.layers else n
 
-    def max_layer(self) -> int | None:
-        return max(self.layers) if self.layers else None
+
+def removed_count(n: int, ratio: float) -> int:
+    """Tokens a ratio removes from ``n`` (floor, robust to float error: 0.3 * 10 -> 3)."""
+    return int(n * ratio + 1e-9)
+
+
+@dataclass(frozen=True)
+class StagedPrune(Budget):
+    """Prompt pruning at ``sites`` (ascending layers): after site i of K, the share
+    ``ratio * (i + 1) / K`` of the tokens beyond the ``protected`` last ones is gone. ``n`` is
+    the prompt's length; a layer that is no site keeps all ``n``."""
+
+    ratio: float
+    sites: tuple[int, ...]
+    protected: int = 1
+
+    def keep(self, site: int, n: int) -> int:
+        if site not in self.sites:
+            return n
+        stage = self.sites.index(site)
+        share = self.ratio * (stage + 1) / len(self.sites)
+        return n - removed_count(n - min(n, self.protected), share)
 
 
 def as_layers(layers: int | Sequence[int]) -> tuple[int, ...]:
     return (layers,) if isinstance(layers, int) else tuple(int(i) for i in layers)
+
+
+# -- matched budgets ------------------------------------------------------------------------
+#: where matched configurations reduce, as fractions of the depth
+DEPTH_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def layers_at(depth: int, fractions: Sequence[float] = DEPTH_FRACTIONS) -> list[int]:
+    """Block indices at fixed fractions of the depth: [3, 6, 9] for 12 blocks at 1/4, 2/4,
+    3/4 (distinct, within 0..depth-1)."""
+    return sorted({min(depth - 1, max(0, int(depth * f))) for f in fractions})
+
+
+def matched_keep_ratio(f: float, steps: int = len(DEPTH_FRACTIONS)) -> float:
+    """The per-step keep ratio that leaves ``1 - f`` of the tokens after ``steps`` steps,
+    rounded to 4 decimals; ``f`` in [0, 1)."""
+    if not 0 <= f < 1:
+        raise ValueError(f"a matched budget is a share of tokens removed in [0, 1), got {f!r}")
+    return round((1.0 - f) ** (1.0 / steps), 4)
+
+
+def matched_removed(f: float, n: int, steps: int = len(DEPTH_FRACTIONS)) -> list[int]:
+    """Tokens removed at each step from ``n`` by a keep-ratio method at budget ``f``
+    (:class:`KeepRatio`'s rule: keep ``ceil(k * m)`` of ``m``)."""
+    k, out = matched_keep_ratio(f, steps), []
+    for _ in range(steps):
+        keep = math.ceil(k * n)
+        out.append(n - keep)
+        n = keep
+    return out

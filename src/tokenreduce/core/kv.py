@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .budgets import Budget
+from .budgets import Budget, removed_count
 
 
 def grouped_attention_received(
@@ -135,11 +135,6 @@ def gather_entries(x: Tensor, index: Tensor) -> Tensor:
     """(B, H, N, ...) entries at ``index`` (B, H, M) -> (B, H, M, ...)."""
     idx = index.reshape(*index.shape, *([1] * (x.dim() - 3))).expand(*index.shape, *x.shape[3:])
     return x.gather(2, idx)
-
-
-def removed_count(n: int, ratio: float) -> int:
-    """Entries a ratio removes from ``n`` (floor, robust to float error: 0.3 * 10 -> 3)."""
-    return int(n * ratio + 1e-9)
 
 
 @dataclass(frozen=True)

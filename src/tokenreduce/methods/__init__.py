@@ -4,7 +4,7 @@ Each method class is importable from here under its own name (``tokenreduce.meth
 ``EViT``, ``SnapKV``, ...), and by its registered name through :func:`get` / :func:`build`.
 
 >>> from tokenreduce import methods
->>> [n for n in methods.available() if methods.get(n).kind == "tokens"]
+>>> [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
 ['evit', 'pool', 'prunemerge', 'random', 'tome', 'topk']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
@@ -12,7 +12,18 @@ ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
 True
 """
 
-from .base import InvalidParameter, Method, available, build, describe, get, parse_spec, register
+from .base import (
+    InvalidParameter,
+    Method,
+    TokenMethod,
+    available,
+    build,
+    describe,
+    get,
+    param,
+    parse_spec,
+    register,
+)  # fmt: skip
 from .evit import EViT
 from .fastv import FastV
 from .h2o import H2O
@@ -21,6 +32,7 @@ from .kv_base import KVCacheMethod
 from .kv_random import KVRandom
 from .lazyllm import LazyLLM
 from .pool import Pool
+from .prefill import PrefillMethod
 from .prunemerge import PruneMerge
 from .pruning import KeepRatioMethod
 from .pyramidkv import PyramidKV
@@ -33,7 +45,7 @@ from .tova import TOVA
 
 __all__ = [
     "EViT", "FastV", "H2O", "InvalidParameter", "KNorm", "KVCacheMethod", "KVRandom",
-    "KeepRatioMethod", "LazyLLM", "Method", "Pool", "PruneMerge", "PyramidKV", "RandomPrune",
-    "SnapKV", "StreamingLLM", "TOVA", "ToMe", "TopK", "available", "build", "describe", "get",
-    "parse_spec", "register",
+    "KeepRatioMethod", "LazyLLM", "Method", "Pool", "PrefillMethod", "PruneMerge", "PyramidKV",
+    "RandomPrune", "SnapKV", "StreamingLLM", "TOVA", "ToMe", "TokenMethod", "TopK", "available",
+    "build", "describe", "get", "param", "parse_spec", "register",
 ]  # fmt: skip

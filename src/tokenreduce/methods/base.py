@@ -1,11 +1,23 @@
-"""The method base class, its registry, and string specs such as ``"tome:r=13"``."""
+"""The method base classes, declared parameter ranges, the registry, and string specs such as
+``"tome:r=13"``.
+
+Three kinds of method, one abstract base each, so an adapter says which it accepts by class:
+
+* :class:`TokenMethod` (``kind = "tokens"``) reduces the hidden-state sequence inside the
+  model (vision tokens): it writes :meth:`TokenMethod.reduce`;
+* :class:`~tokenreduce.methods.kv_base.KVCacheMethod` (``"kv_cache"``) scores cached entries
+  once the prompt has been read: it writes ``scores``;
+* :class:`~tokenreduce.methods.prefill.PrefillMethod` (``"prefill"``) drops prompt tokens
+  inside a decoder during prefill: it writes ``sites``.
+"""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
 import typing
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from ..core.budgets import Budget
 from ..core.context import ModelInfo, TokenContext
@@ -18,39 +30,235 @@ class InvalidParameter(ValueError):
     """A method parameter is outside its valid range."""
 
 
+# -- declared parameter ranges ----------------------------------------------------------------
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a parameter accepts, and the words that name them in an error.
+
+    ``type`` is ``int``, ``float`` (any number, never a bool), ``bool`` or ``str``; bounds are
+    inclusive (``ge``, ``le``) or strict (``gt``, ``lt``); ``choices`` lists the allowed
+    strings; ``odd`` asks for an odd integer; ``optional`` also allows None. ``valid`` and
+    ``allowed`` replace the generated test and words for a shape no bound describes.
+    """
+
+    type: type
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] | None = None
+    odd: bool = False
+    optional: bool = False
+    valid: Callable[[Any], bool] | None = None
+    allowed: str | None = None
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if self.valid is not None:
+            return self.valid(value)
+        if self.type is bool:
+            return isinstance(value, bool)
+        if self.type is str:
+            return value in (self.choices or ())
+        if not (_is_int(value) if self.type is int else _is_number(value)):
+            return False
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+            and (not self.odd or value % 2 == 1)
+        )
+
+    def describe(self) -> str:
+        """``"an integer >= 0"``, ``"a number in [0, 1)"``, ``"'avg' or 'max'"``, ..."""
+        if self.allowed is not None:
+            words = self.allowed
+        elif self.type is bool:
+            words = "true or false"
+        elif self.type is str:
+            words = " or ".join(repr(c) for c in self.choices or ())
+        else:
+            words = self._describe_number()
+        return f"None or {words}" if self.optional else words
+
+    def _describe_number(self) -> str:
+        noun = ("an odd integer" if self.odd else "an integer") if self.type is int else "a number"
+        low, high = (self.ge, self.gt), (self.le, self.lt)
+        if any(v is not None for v in low) and any(v is not None for v in high):
+            left = f"[{self.ge}" if self.ge is not None else f"({self.gt}"
+            right = f"{self.le}]" if self.le is not None else f"{self.lt})"
+            return f"{noun} in {left}, {right}"
+        for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)):
+            if bound is not None:
+                return f"{noun} {op} {bound}"
+        return noun
+
+
+def param(default, *, type: type | None = None, convert: Callable | None = None, **bounds):
+    """A method field with its valid range, checked by :meth:`Method.__post_init__`.
+
+    ``r: int = param(8, ge=0)`` accepts integers >= 0; ``keep_ratio: float = param(0.7, gt=0,
+    le=1)`` numbers in (0, 1]. The type is the default's unless given (``type=int`` for an
+    optional integer whose default is None). ``convert`` turns a value into its stored form
+    before the check (e.g. a list of layers into a tuple). Other keywords: see :class:`Range`.
+    """
+    kind = type or (default.__class__ if default is not None else int)
+    meta = {"range": Range(kind, **bounds), "convert": convert}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("param(): use a tuple for a sequence default")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def as_tuple(value):
+    """A list or a single int as a tuple; anything else unchanged (the check then names it)."""
+    if _is_int(value):
+        return (value,)
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def layer_tuple(default: tuple[int, ...] | None, *, optional: bool = False, ascending=False):
+    """A field of 0-based layer indices (a single int or a list is accepted and stored as a
+    tuple). ``ascending`` requires distinct indices in increasing order, as given."""
+
+    def valid(value) -> bool:
+        ok = isinstance(value, tuple) and all(_is_int(i) and i >= 0 for i in value)
+        if ascending:
+            ok = ok and len(value) >= 1 and list(value) == sorted(set(value))
+        return ok
+
+    allowed = (
+        "a non-empty ascending tuple of distinct layer indices >= 0"
+        if ascending
+        else "a tuple of layer indices >= 0"
+    )
+    return param(default, type=tuple, convert=as_tuple, valid=valid, allowed=allowed,
+                 optional=optional)  # fmt: skip
+
+
+def check_params(method: Method) -> None:
+    """Convert and check every declared field of ``method``; raise :class:`InvalidParameter`
+    naming the first one outside its range."""
+    for f in dataclasses.fields(method):
+        rng = f.metadata.get("range")
+        if rng is None:
+            continue
+        value = getattr(method, f.name)
+        convert = f.metadata.get("convert")
+        if convert is not None and value is not None:
+            value = convert(value)
+            setattr(method, f.name, value)
+        check(method.name, f.name, value, rng.accepts(value), rng.describe())
+
+
+def check(method: str, param: str, value, ok: bool, allowed: str) -> None:
+    """Raise :class:`InvalidParameter` naming the parameter, its value and the valid range."""
+    if not ok:
+        raise InvalidParameter(f"{method}: {param}={value!r} is invalid; allowed: {allowed}")
+
+
+# -- the method kinds ---------------------------------------------------------------------------
 class Method:
     """A named recipe: scorer + reducer + budget, with the paper's parameter names.
 
-    Subclasses are dataclasses that validate their fields in ``__post_init__`` and implement
-    :meth:`budget` and :meth:`reduce`. They never touch model internals.
+    Subclasses are dataclasses of one of the three kinds (:class:`TokenMethod`,
+    ``KVCacheMethod``, ``PrefillMethod``). Each field declares its range with :func:`param`;
+    :meth:`__post_init__` checks them all, so a bad value fails at construction. Methods
+    never touch model internals.
     """
 
     name: ClassVar[str]
     paper: ClassVar[str] = ""
-    #: where the method acts: "tokens" reduces the hidden-state sequence inside the model
-    #: (vision tokens, prefill pruning); other kinds (e.g. "kv_cache") act on side data
+    #: short name of the kind, for display and benchmark filtering ("tokens", "kv_cache",
+    #: "prefill"); adapters accept methods by class, never by this string
+    kind: ClassVar[str]
+    #: the kind in words, for error messages ("token-sequence", "KV-cache", "prefill")
+    kind_words: ClassVar[str]
+    #: the parameter that sets how much is removed, its value that removes nothing, and the
+    #: default sweep of its values from light to heavy reduction (benchmarks)
+    budget_param: ClassVar[str]
+    budget_identity: ClassVar[object]
+    budget_sweep: ClassVar[tuple]
+    #: parameters sized for the tests' tiny models (a few blocks, prompts of a few dozen
+    #: tokens), merged into every instance the shared invariant suites build
+    test_params: ClassVar[dict[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        check_params(self)
+
+    def budget(self, model: ModelInfo) -> Budget:
+        """How many tokens (or cache entries) survive at each site of ``model``:
+        ``budget(model).keep(site, n)``."""
+        raise NotImplementedError
+
+    def check_model(self, model: ModelInfo) -> None:
+        """Fail at patch time if a parameter does not fit the model (e.g. a layer index)."""
+
+    # -- sweeps: what a benchmark runs by default --------------------------------------------
+    @classmethod
+    def placement(cls, depth: int) -> dict[str, Any]:
+        """Parameters that place the method in a model of ``depth`` blocks for a sweep (e.g.
+        the layers a keep-ratio method reduces at); none by default."""
+        return {}
+
+    @classmethod
+    def default_sweep(cls, depth: int, quick: bool = False) -> list[Method]:
+        """The budgets a benchmark runs on a model of ``depth`` blocks, light to heavy: each
+        value of :attr:`budget_sweep` placed by :meth:`placement`; ``quick`` keeps the middle
+        one."""
+        values = cls.budget_sweep
+        if quick:
+            values = values[len(values) // 2 :][:1]
+        return [cls(**{cls.budget_param: v}, **cls.placement(depth)) for v in values]
+
+    @classmethod
+    def matched_sweep(
+        cls, fractions: tuple[float, ...], depth: int, n_patches: int, quick: bool = False
+    ) -> list[Method] | None:
+        """The configurations that remove the shares ``fractions`` of ``n_patches`` tokens at
+        the matched blocks (``tokenreduce.bench.matched``), or None when the method's budget
+        cannot be matched (it then runs :meth:`default_sweep`)."""
+        return None
+
+    @classmethod
+    def for_tests(cls, **overrides) -> Method:
+        """An instance with :attr:`test_params`, then ``overrides`` (the invariant suites)."""
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        sized = {k: v for k, v in cls.test_params.items() if k in fields}
+        return cls(**{**sized, **overrides})
+
+
+class TokenMethod(Method):
+    """A method that reduces the hidden-state sequence at sites inside the model (vision
+    tokens). A subclass writes :meth:`budget` and :meth:`reduce`; the adapter calls
+    ``reduce`` at every site where the budget removes something."""
+
     kind: ClassVar[str] = "tokens"
+    kind_words: ClassVar[str] = "token-sequence"
     #: add log(token size) to attention logits once tokens have been merged
     proportional_attention: ClassVar[bool] = False
     #: the method needs a 2-D patch grid (vision only)
     needs_grid: ClassVar[bool] = False
-    #: the parameter that sets how much is removed, its value that removes nothing, and a
-    #: default sweep of values from light to heavy reduction (used by benchmarks and tests)
-    budget_param: ClassVar[str]
-    budget_identity: ClassVar[object]
-    budget_sweep: ClassVar[tuple]
-
-    def budget(self, model: ModelInfo) -> Budget:
-        raise NotImplementedError
+    test_params: ClassVar[dict[str, Any]] = {"layers": (1, 2)}  # blocks of the 4-block models
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
+        """The reduction removing ``n_remove`` of the ``ctx.num_reducible`` tokens at this site
+        (a reducer may remove fewer where its strategy caps it)."""
         raise NotImplementedError
 
     def uses_proportional_attention(self) -> bool:
         return self.proportional_attention
 
     def check_model(self, model: ModelInfo) -> None:
-        """Fail at patch time if a parameter does not fit the model (e.g. a layer index)."""
         layers = getattr(self, "layers", None)
         if layers is not None:
             for i in layers:
@@ -61,6 +269,15 @@ class Method:
                     )
         if self.needs_grid and model.grid is None:
             raise InvalidParameter(f"{self.name} needs a patch grid; {model.family} has none")
+
+
+def kinds_text(kinds: tuple[type[Method], ...]) -> str:
+    """``"a KV-cache or prefill method: fastv, h2o, ... (kind 'kv_cache' or 'prefill')"``: the
+    registered methods of the given classes, for an error that refuses another kind."""
+    words = " or ".join(k.kind_words for k in kinds)
+    names = ", ".join(n for n in available() if issubclass(get(n), kinds))
+    codes = " or ".join(repr(k.kind) for k in kinds)
+    return f"a {words} method: {names} (kind {codes})"
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -83,19 +300,6 @@ def get(name: str) -> type[Method]:
         raise ValueError(
             f"unknown method {name!r}; available: {', '.join(available())}"
         ) from None
-
-
-def check(method: str, param: str, value, ok: bool, allowed: str) -> None:
-    """Raise :class:`InvalidParameter` naming the parameter, its value and the valid range."""
-    if not ok:
-        raise InvalidParameter(f"{method}: {param}={value!r} is invalid; allowed: {allowed}")
-
-
-def check_layers(method: str, layers) -> tuple[int, ...]:
-    layers = (layers,) if isinstance(layers, int) else tuple(layers)
-    check(method, "layers", layers, all(isinstance(i, int) and i >= 0 for i in layers),
-          "a tuple of layer indices >= 0")
-    return tuple(sorted(set(layers)))
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:

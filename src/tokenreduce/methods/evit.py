@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from ..core.context import TokenContext
 from ..core.reducers import topk_fuse, topk_prune
 from ..core.reduction import Reduction
-from .base import check, register
+from .base import param, register
 from .pruning import KeepRatioMethod
 
 
@@ -31,11 +31,7 @@ class EViT(KeepRatioMethod):
 
     name = "evit"
     paper = "Liang et al., ICLR 2022 (arXiv:2202.07800)"
-    fuse: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.name, "fuse", self.fuse, isinstance(self.fuse, bool), "true or false")
+    fuse: bool = param(True)
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
         keep = ctx.num_reducible - n_remove

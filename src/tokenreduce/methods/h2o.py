@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..core.kv import KVContext
-from .base import check, register
+from .base import param, register
 from .kv_base import KVCacheMethod
 
 
@@ -40,18 +40,7 @@ class H2O(KVCacheMethod):
     paper = "Zhang et al., NeurIPS 2023 (arXiv:2306.14048)"
     decodes = True
     accumulates = True
-    recent_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        f = self.recent_fraction
-        check(
-            self.name,
-            "recent_fraction",
-            f,
-            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1,
-            "a number in [0, 1]",
-        )
-        super().__post_init__()
+    recent_fraction: float = param(0.5, ge=0, le=1)
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
         heavy = ctx.accumulated if ctx.accumulated is not None else ctx.attention(None)

@@ -10,7 +10,7 @@ the reduced cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -18,11 +18,7 @@ from torch import Tensor
 from ..core.budgets import Budget
 from ..core.context import ModelInfo
 from ..core.kv import CacheBudget, KVContext
-from .base import InvalidParameter, Method, check
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+from .base import InvalidParameter, Method, param
 
 
 @dataclass
@@ -44,6 +40,9 @@ class KVCacheMethod(Method):
     """
 
     kind: ClassVar[str] = "kv_cache"
+    kind_words: ClassVar[str] = "KV-cache"
+    #: window-like parameters sized for the tests' prompts of a few dozen tokens
+    test_params: ClassVar[dict[str, Any]] = {"window_size": 6, "n_sink": 2}
     budget_param: ClassVar[str] = "compression_ratio"
     budget_identity: ClassVar[object] = 0.0
     budget_sweep: ClassVar[tuple] = (0.25, 0.5, 0.75)
@@ -55,34 +54,19 @@ class KVCacheMethod(Method):
     #: generated query's attention to each cached entry's running total (H2O)
     accumulates: ClassVar[bool] = False
 
-    compression_ratio: float = 0.5
-    cache_budget: int | None = None
-    decode_every: int = 0
+    compression_ratio: float = param(0.5, ge=0, lt=1)
+    cache_budget: int | None = param(None, type=int, ge=1, optional=True)
+    decode_every: int = param(0, ge=0)
 
     def __post_init__(self) -> None:
-        r = self.compression_ratio
-        check(
-            self.name,
-            "compression_ratio",
-            r,
-            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1,
-            "a number in [0, 1)",
-        )
+        super().__post_init__()
         d = self.decode_every
-        check(self.name, "decode_every", d, _is_int(d) and d >= 0, "an integer >= 0")
         if d and not self.decodes:
             raise InvalidParameter(
                 f"{self.name}: decode_every={d} is not supported (its score cannot be "
                 "recomputed while decoding); allowed: decode_every=0"
             )
         b = self.cache_budget
-        check(
-            self.name,
-            "cache_budget",
-            b,
-            b is None or (_is_int(b) and b >= 1),
-            "None or an integer >= 1",
-        )
         if b is not None and b < self.num_protected():
             raise InvalidParameter(
                 f"{self.name}: cache_budget={b} is smaller than the {self.num_protected()} "
@@ -97,11 +81,18 @@ class KVCacheMethod(Method):
         return self.cache_budget is not None or self.compression_ratio > 0
 
     def budget(self, model: ModelInfo) -> Budget:
+        """Entries each layer keeps of a prompt of ``n`` real tokens: ``keep(layer, n)``
+        (uniform over layers here; a subclass may shape it by depth)."""
+        return self.layer_budget(model.num_layers)
+
+    def layer_budget(self, num_layers: int) -> Budget:
+        """:meth:`budget` for a model of ``num_layers`` layers (all it reads of the model)."""
         return CacheBudget(float(self.compression_ratio), self.cache_budget)
 
     def layer_keep(self, layer: int, num_layers: int, n: int) -> int:
-        """Entries a layer keeps for a prompt of ``n`` real tokens (uniform over layers)."""
-        return CacheBudget(float(self.compression_ratio), self.cache_budget).keep(layer, n)
+        """``layer_budget(num_layers).keep(layer, n)``: the spelling the decoder adapter
+        calls."""
+        return self.layer_budget(num_layers).keep(layer, n)
 
     def decode_keep(self, layer: int, num_layers: int, n: int) -> int:
         """Entries a layer holds while decoding (``decode_every``) for a prompt of ``n`` real
@@ -142,9 +133,6 @@ class KVCacheMethod(Method):
         Padding entries are masked by the adapter. The cache's last entries are always the
         most recent ones (at the end of prefill and while decoding)."""
         raise NotImplementedError
-
-    def reduce(self, ctx, n_remove):  # the token-sequence interface does not apply
-        raise TypeError(f"{self.name} is a KV-cache method; patch a decoder language model")
 
     # -- helpers for subclasses -----------------------------------------------------------
     @staticmethod

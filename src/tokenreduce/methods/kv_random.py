@@ -7,8 +7,8 @@ from torch import Tensor
 
 from ..core.kv import KVContext
 from ..core.scorers import random_scores
-from .base import check, register
-from .kv_base import KVCacheMethod, _is_int
+from .base import param, register
+from .kv_base import KVCacheMethod
 
 
 @register
@@ -28,13 +28,7 @@ class KVRandom(KVCacheMethod):
     name = "kv_random"
     decodes = True
     paper = "baseline"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check(
-            self.name, "seed", self.seed, _is_int(self.seed) and self.seed >= 0, "an integer >= 0"
-        )
-        super().__post_init__()
+    seed: int = param(0, ge=0)
 
     def scores(self, ctx: KVContext, keep: Tensor) -> Tensor:
         h = ctx.keys.shape[1]

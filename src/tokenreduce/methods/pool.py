@@ -2,16 +2,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.budgets import Budget, KeepRatio
+from ..core.budgets import Budget, KeepRatio, layers_at
 from ..core.context import ModelInfo, TokenContext
 from ..core.reducers import grid_pool
 from ..core.reduction import Reduction
-from .base import Method, check, check_layers, register
+from .base import TokenMethod, layer_tuple, param, register
 
 
 @register
 @dataclass
-class Pool(Method):
+class Pool(TokenMethod):
     """Average pooling over the patch grid: the structure-only baseline.
 
     Patch tokens are averaged over ``kernel x kernel`` cells of the input's original patch
@@ -30,15 +30,25 @@ class Pool(Method):
     budget_identity = 1
     budget_sweep = (2, 3)
     paper = "baseline"
+    test_params = {"kernel": 3, "layers": (1, 2)}
     needs_grid = True
-    kernel: int = 2
-    layers: tuple[int, ...] = (4,)
+    kernel: int = param(2, ge=1)
+    layers: tuple[int, ...] = layer_tuple((4,))
 
     def __post_init__(self) -> None:
-        check(self.name, "kernel", self.kernel,
-              isinstance(self.kernel, int) and not isinstance(self.kernel, bool)
-              and self.kernel >= 1, "an integer >= 1")
-        self.layers = check_layers(self.name, self.layers)
+        super().__post_init__()
+        self.layers = tuple(sorted(set(self.layers)))
+
+    @classmethod
+    def default_sweep(cls, depth: int, quick: bool = False) -> list[TokenMethod]:
+        """2 x 2 cells at a third of the depth, then (unless ``quick``) at a sixth."""
+        at = (1 / 3,) if quick else (1 / 3, 1 / 6)
+        return [cls(kernel=2, layers=tuple(layers_at(depth, (f,)))) for f in at]
+
+    @classmethod
+    def matched_sweep(cls, fractions, depth, n_patches, quick=False):
+        """2 x 2 cells at the first matched block (75 % removed), whatever the budget."""
+        return [cls(kernel=2, layers=(layers_at(depth)[0],))]
 
     def _kernel_at(self, layer: int) -> int:
         return self.kernel ** (self.layers.index(layer) + 1)

@@ -9,7 +9,7 @@ from ..core.context import TokenContext
 from ..core.reducers import topk_prune
 from ..core.reduction import Reduction, take
 from ..core.scorers import cosine_similarity
-from .base import check, register
+from .base import param, register
 from .pruning import KeepRatioMethod
 
 
@@ -44,19 +44,7 @@ class PruneMerge(KeepRatioMethod):
     name = "prunemerge"
     paper = "Chen et al., ICCV 2023 (arXiv:2305.17997), inference at fixed rates"
     proportional_attention = True
-    merge_share: float = 0.5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(
-            self.name,
-            "merge_share",
-            self.merge_share,
-            isinstance(self.merge_share, (int, float))
-            and not isinstance(self.merge_share, bool)
-            and 0 <= self.merge_share <= 1,
-            "a number in [0, 1]",
-        )
+    merge_share: float = param(0.5, ge=0, le=1)
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
         state = ctx.state

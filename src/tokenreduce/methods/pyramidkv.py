@@ -2,8 +2,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import check, register
+from ..core.budgets import Budget
+from .base import param, register
 from .snapkv import SnapKV
+
+
+@dataclass(frozen=True)
+class PyramidBudget(Budget):
+    """``base``'s entries per layer, reshaped into a pyramid over ``num_layers`` layers: beyond
+    the ``window`` entries, budgets fall arithmetically from ``2a - a/beta`` (first layer) to
+    ``a/beta`` (last), ``a`` being ``base``'s, so the total over layers is unchanged. A prompt
+    too short for the first layer's share keeps ``base`` everywhere."""
+
+    base: Budget
+    num_layers: int
+    window: int
+    beta: float
+
+    def keep(self, site: int, n: int) -> int:
+        k = self.base.keep(site, n)
+        w = min(self.window, n)
+        avg = k - w
+        lo = avg / self.beta
+        hi = 2 * avg - lo
+        if k >= n or self.num_layers == 1 or avg <= 0 or w + hi > n:
+            return k
+        return w + round(hi - site * (hi - lo) / (self.num_layers - 1))
 
 
 @register
@@ -30,26 +54,8 @@ class PyramidKV(SnapKV):
 
     name = "pyramidkv"
     paper = "Cai et al., 2024 (arXiv:2406.02069)"
-    beta: float = 20.0
+    beta: float = param(20.0, ge=1)
 
-    def __post_init__(self) -> None:
-        check(
-            self.name,
-            "beta",
-            self.beta,
-            isinstance(self.beta, (int, float))
-            and not isinstance(self.beta, bool)
-            and self.beta >= 1,
-            "a number >= 1",
-        )
-        super().__post_init__()
-
-    def layer_keep(self, layer: int, num_layers: int, n: int) -> int:
-        k = super().layer_keep(layer, num_layers, n)
-        w = min(self.window_size, n)
-        avg = k - w
-        lo = avg / self.beta
-        hi = 2 * avg - lo
-        if k >= n or num_layers == 1 or avg <= 0 or w + hi > n:
-            return k
-        return w + round(hi - layer * (hi - lo) / (num_layers - 1))
+    def layer_budget(self, num_layers: int) -> Budget:
+        return PyramidBudget(super().layer_budget(num_layers), num_layers, self.window_size,
+                             self.beta)  # fmt: skip

@@ -6,7 +6,7 @@ from ..core.context import TokenContext
 from ..core.reducers import topk_prune
 from ..core.reduction import Reduction
 from ..core.scorers import random_scores
-from .base import check, register
+from .base import param, register
 from .pruning import KeepRatioMethod
 
 
@@ -27,13 +27,8 @@ class RandomPrune(KeepRatioMethod):
 
     name = "random"
     paper = "baseline"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.name, "seed", self.seed,
-              isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
-              "an integer >= 0")
+    budget_sweep = (0.7, 0.5)
+    seed: int = param(0, ge=0)
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
         n = ctx.state.num_tokens

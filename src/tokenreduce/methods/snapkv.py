@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from ..core.kv import KVContext, pool_scores
-from .base import check, register
-from .kv_base import KVCacheMethod, _is_int
+from .base import param, register
+from .kv_base import KVCacheMethod
 
 
 @register
@@ -39,27 +39,9 @@ class SnapKV(KVCacheMethod):
     name = "snapkv"
     paper = "Li et al., NeurIPS 2024 (arXiv:2404.14469)"
     decodes = True
-    window_size: int = 32
-    kernel_size: int = 5
-    pooling: str = "avg"
-
-    def __post_init__(self) -> None:
-        check(
-            self.name,
-            "window_size",
-            self.window_size,
-            _is_int(self.window_size) and self.window_size >= 1,
-            "an integer >= 1",
-        )
-        check(
-            self.name,
-            "kernel_size",
-            self.kernel_size,
-            _is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
-            "an odd integer >= 1",
-        )
-        check(self.name, "pooling", self.pooling, self.pooling in ("avg", "max"), "'avg' or 'max'")
-        super().__post_init__()
+    window_size: int = param(32, ge=1)
+    kernel_size: int = param(5, ge=1, odd=True)
+    pooling: str = param("avg", choices=("avg", "max"))
 
     def num_protected(self) -> int:
         return self.window_size

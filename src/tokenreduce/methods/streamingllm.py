@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from ..core.kv import KVContext
-from .base import check, register
-from .kv_base import KVCacheMethod, _is_int
+from .base import param, register
+from .kv_base import KVCacheMethod
 
 
 @register
@@ -30,17 +30,7 @@ class StreamingLLM(KVCacheMethod):
     name = "streamingllm"
     decodes = True
     paper = "Xiao et al., ICLR 2024 (arXiv:2309.17453)"
-    n_sink: int = 4
-
-    def __post_init__(self) -> None:
-        check(
-            self.name,
-            "n_sink",
-            self.n_sink,
-            _is_int(self.n_sink) and self.n_sink >= 0,
-            "an integer >= 0",
-        )
-        super().__post_init__()
+    n_sink: int = param(4, ge=0)
 
     def num_protected(self) -> int:
         return self.n_sink

@@ -2,16 +2,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.budgets import Budget, ConstantR, PerLayer, tome_schedule
+from ..core.budgets import Budget, ConstantR, PerLayer, layers_at, matched_removed, tome_schedule
 from ..core.context import ModelInfo, TokenContext
 from ..core.reducers import MERGE_ORDERS, bipartite_merge
 from ..core.reduction import Reduction
-from .base import InvalidParameter, Method, check, register
+from .base import InvalidParameter, TokenMethod, as_tuple, param, register
 
 
 @register
 @dataclass
-class ToMe(Method):
+class ToMe(TokenMethod):
     """Token Merging: merge similar tokens by bipartite soft matching.
 
     Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023.
@@ -45,30 +45,18 @@ class ToMe(Method):
     name = "tome"
     budget_param = "r"
     budget_identity = 0
-    budget_sweep = (4, 8, 13, 16)
+    budget_sweep = (8, 12, 16)
+    test_params = {"r": 13}
     paper = "Bolya et al., ICLR 2023 (arXiv:2210.09461)"
-    r: int = 8
-    inflect: float = 0.0
-    prop_attn: bool = True
-    schedule: tuple[int, ...] | None = None
-    order: str = "reference"
-
-    def __post_init__(self) -> None:
-        check(self.name, "r", self.r,
-              isinstance(self.r, int) and not isinstance(self.r, bool) and self.r >= 0,
-              "an integer >= 0")
-        check(self.name, "inflect", self.inflect,
-              isinstance(self.inflect, (int, float)) and -1 <= self.inflect <= 1,
-              "a number in [-1, 1]")
-        check(self.name, "prop_attn", self.prop_attn, isinstance(self.prop_attn, bool),
-              "true or false")
-        if self.schedule is not None:
-            self.schedule = tuple(self.schedule)
-            check(self.name, "schedule", self.schedule,
-                  all(isinstance(v, int) and v >= 0 for v in self.schedule),
-                  "a list of integers >= 0, one per block")
-        check(self.name, "order", self.order, self.order in MERGE_ORDERS,
-              " or ".join(repr(o) for o in MERGE_ORDERS))
+    r: int = param(8, ge=0)
+    inflect: float = param(0.0, ge=-1, le=1)
+    prop_attn: bool = param(True)
+    schedule: tuple[int, ...] | None = param(
+        None, type=tuple, optional=True, convert=as_tuple,
+        valid=lambda s: isinstance(s, tuple) and all(isinstance(v, int) and v >= 0 for v in s),
+        allowed="a list of integers >= 0, one per block",
+    )  # fmt: skip
+    order: str = param("reference", choices=MERGE_ORDERS)
 
     def uses_proportional_attention(self) -> bool:
         return self.prop_attn
@@ -87,6 +75,23 @@ class ToMe(Method):
         if self.inflect == 0:
             return ConstantR(self.r)
         return PerLayer(tome_schedule(model.num_layers, self.r, self.inflect))
+
+    @classmethod
+    def matched_sweep(cls, fractions, depth, n_patches, quick=False):
+        """The keep-ratio methods' removed counts at their blocks as an explicit ``schedule``;
+        unless ``quick``, also ToMe as published: ``r = round(f * n_patches / depth)`` in every
+        block (about the same final count, reached gradually)."""
+        layers = layers_at(depth)
+        found = []
+        for f in fractions:
+            schedule = [0] * depth
+            counts = matched_removed(f, n_patches, len(layers))
+            for layer, count in zip(layers, counts, strict=True):
+                schedule[layer] = count
+            found.append(cls(schedule=tuple(schedule)))
+        if not quick:
+            found += [cls(r=max(1, round(f * n_patches / depth))) for f in fractions]
+        return found
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
         state = ctx.state

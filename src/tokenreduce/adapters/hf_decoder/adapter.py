@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from ...core.context import ModelInfo
-from ...methods.base import InvalidParameter, Method
+from ...methods.base import Method
+from ...methods.kv_base import KVCacheMethod
+from ...methods.prefill import PrefillMethod
 from ..base import Adapter, Trace
 from .attention import AttentionSite
 from .cache_layer import held
@@ -21,6 +23,7 @@ from .trace import Forward, KVTrace
 
 class HFDecoderAdapter(Adapter):
     family = "Hugging Face decoder LMs (" + ", ".join(CLASSES[::2]) + ")"
+    accepts = (KVCacheMethod, PrefillMethod)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -44,14 +47,6 @@ class HFDecoderAdapter(Adapter):
         )
 
     def __init__(self, model: nn.Module, method: Method) -> None:
-        if getattr(method, "kind", "tokens") not in ("kv_cache", "prefill"):
-            from ...methods import available, get
-
-            ok = [n for n in available() if get(n).kind in ("kv_cache", "prefill")]
-            raise InvalidParameter(
-                f"{method.name} reduces token sequences (kind {method.kind!r}); on a decoder "
-                f"language model use a KV-cache or prefill method: {', '.join(ok)}"
-            )
         super().__init__(model, method)
         impl = getattr(text_config(model), "_attn_implementation", "sdpa")
         if impl not in ("sdpa", "eager"):
@@ -66,7 +61,7 @@ class HFDecoderAdapter(Adapter):
         self.base = base
         self.layers = list(base.layers)
         #: a prefill method (prunes prompt tokens at its sites) rather than a cache method
-        self.prunes_prompt = method.kind == "prefill"
+        self.prunes_prompt = isinstance(method, PrefillMethod)
         self.sites = tuple(method.sites(self.info.num_layers)) if self.prunes_prompt else ()
 
     # -- patching ---------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""The shape every method shares: one base class per kind, declared parameter ranges, one
+budget question (``keep(site, n)``), and default and matched sweeps owned by the methods.
+
+Parametrised over the registry, so a new method is checked the moment it is registered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import tokenreduce
+from tokenreduce import methods
+from tokenreduce.bench import configs as cfg
+from tokenreduce.bench import matched
+from tokenreduce.core.context import ModelInfo
+from tokenreduce.core.reducers import topk_prune
+from tokenreduce.methods.base import _REGISTRY, InvalidParameter, Range
+
+from .conftest import make_vit
+
+KINDS = (methods.TokenMethod, methods.KVCacheMethod, methods.PrefillMethod)
+ALL = methods.available()
+
+
+def info(depth: int) -> ModelInfo:
+    """A model of ``depth`` blocks with a class token and a 4 x 4 patch grid."""
+    return ModelInfo("test", num_layers=depth, num_prefix=1, has_class_token=True, grid=(4, 4))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_is_of_exactly_one_kind(name):
+    cls = methods.get(name)
+    (kind,) = [k for k in KINDS if issubclass(cls, k)]
+    assert cls.kind == kind.kind  # the display string follows the class
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_parameter_declares_its_range(name):
+    cls = methods.get(name)
+    for f in dataclasses.fields(cls):
+        assert isinstance(f.metadata.get("range"), Range), f"{name}.{f.name} has no param()"
+        default = cls()
+        assert f.metadata["range"].accepts(getattr(default, f.name))
+
+
+@pytest.mark.parametrize(
+    ("rng", "words"),
+    [
+        (Range(int, ge=0), "an integer >= 0"),
+        (Range(int, ge=1, odd=True), "an odd integer >= 1"),
+        (Range(int, ge=1, optional=True), "None or an integer >= 1"),
+        (Range(float, ge=0, lt=1), "a number in [0, 1)"),
+        (Range(float, gt=0, le=1), "a number in (0, 1]"),
+        (Range(float, ge=-1, le=1), "a number in [-1, 1]"),
+        (Range(float, ge=1), "a number >= 1"),
+        (Range(bool), "true or false"),
+        (Range(str, choices=("avg", "max")), "'avg' or 'max'"),
+    ],
+)
+def test_range_words(rng, words):
+    assert rng.describe() == words
+
+
+def test_range_checks_type_and_bounds():
+    assert not Range(int, ge=0).accepts(True) and not Range(int, ge=0).accepts(1.0)
+    assert not Range(float, ge=0, lt=1).accepts(1) and Range(float, ge=0, lt=1).accepts(0)
+    assert not Range(int, ge=1, odd=True).accepts(4) and Range(int, ge=1, odd=True).accepts(5)
+    assert not Range(int, ge=1).accepts(None) and Range(int, ge=1, optional=True).accepts(None)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_value_outside_a_range_names_it(name):
+    """Every numeric field refuses a value below its lower bound with the generated words."""
+    cls = methods.get(name)
+    for f in dataclasses.fields(cls):
+        rng = f.metadata["range"]
+        low = rng.ge if rng.ge is not None else rng.gt
+        if rng.type not in (int, float) or low is None:
+            continue
+        bad = low - 1 if rng.ge is not None else low
+        with pytest.raises(InvalidParameter) as err:
+            cls(**{f.name: bad})
+        assert str(err.value) == f"{name}: {f.name}={bad!r} is invalid; allowed: {rng.describe()}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_budget_keep_is_the_one_question(name):
+    """Every kind answers keep(site, n) within [0, n]; the identity budget keeps all, the
+    test-sized one removes something somewhere."""
+    cls = methods.get(name)
+    model, sites, lengths = info(4), range(4), (0, 1, 7, 40)
+    heavy = cls.for_tests()
+    zero = cls.for_tests(**{cls.budget_param: cls.budget_identity})
+    for method in (heavy, zero):
+        method.check_model(model)
+        budget = method.budget(model)
+        assert all(0 <= budget.keep(s, n) <= n for s in sites for n in lengths)
+    assert all(zero.budget(model).keep(s, n) == n for s in sites for n in lengths)
+    assert any(heavy.budget(model).keep(s, 40) < 40 for s in sites)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("depth", [2, 4, 6, 12, 24])
+def test_default_sweep_fits_any_depth(name, depth):
+    for spec in cfg.default_sweep(name, depth):
+        methods.build(spec).check_model(info(depth))
+    assert len(cfg.default_sweep(name, depth, quick=True)) == 1
+
+
+def test_a_new_keep_ratio_method_sweeps_at_its_models_depth(monkeypatch):
+    """A keep-ratio method the benchmark has never heard of reduces at 1/4, 1/2, 3/4 of any
+    depth (not at the 12-block defaults (3, 6, 9), which a 6-block model refuses)."""
+
+    @dataclasses.dataclass
+    class Newcomer(methods.KeepRatioMethod):
+        name = "newcomer"
+
+        def reduce(self, ctx, n_remove):
+            return topk_prune(
+                ctx.class_attention, ctx.num_reducible - n_remove, ctx.state.protected
+            )
+
+    monkeypatch.setitem(_REGISTRY, "newcomer", Newcomer)
+    configs = cfg.resolve("newcomer", depth=6)[1:]
+    assert [methods.build(c).layers for c in configs] == [(1, 3, 4)] * 3
+    for config in configs:
+        methods.build(config).check_model(info(6))
+    (m,) = matched.matched_sweep("newcomer", 6, quick=True, n_patches=16)
+    assert methods.build(m) == Newcomer(keep_ratio=matched.keep_ratio(0.5), layers=(1, 3, 4))
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in ALL if issubclass(methods.get(n), methods.TokenMethod)]
+)
+def test_matched_sweep_fits_the_depth(name):
+    for spec in matched.matched_sweep(name, 4, n_patches=16):
+        methods.build(spec).check_model(info(4))
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("name", ["snapkv", "fastv"])
+def test_a_vision_adapter_refuses_other_kinds_by_class(name):
+    """The refusal is written once (the adapter base), from the classes an adapter accepts."""
+    with pytest.raises(InvalidParameter) as err:
+        tokenreduce.patch(make_vit("cls"), name)
+    text = str(err.value)
+    kind = methods.get(name).kind
+    assert f"{name} is a " in text and f"(kind {kind!r})" in text
+    assert (
+        "use a token-sequence method: evit, pool, prunemerge, random, tome, topk (kind 'tokens')"
+        in text
+    )
