@@ -6,9 +6,19 @@
 ...     logits = model(images)
 """
 
-from . import methods
-from .adapters.base import ReductionNotApplied
-from .api import Handle, handle_of, patch, unpatch
+from . import lm, methods
+from .adapters import ReductionNotApplied
+from .api import Handle, describe, handle_of, patch, unpatch
 
 __version__ = "0.1.0"
-__all__ = ["Handle", "ReductionNotApplied", "handle_of", "methods", "patch", "unpatch", "__version__"]
+__all__ = [
+    "Handle",
+    "ReductionNotApplied",
+    "describe",
+    "handle_of",
+    "lm",
+    "methods",
+    "patch",
+    "unpatch",
+    "__version__",
+]

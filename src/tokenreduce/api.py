@@ -7,7 +7,7 @@ from torch import nn
 from .adapters import Adapter, Trace, find_adapter
 from .core.context import ModelInfo
 from .core.state import TokenState
-from .methods.base import Method, build
+from .methods.base import Method, available, build, get
 
 _ATTR = "_tokenreduce_handle"
 
@@ -17,12 +17,13 @@ class Handle:
 
     Attributes:
         model: the patched model (the same object that was passed in).
-        method: the method instance it runs.
+        method: the method instance it runs; None for ``patch(model, None)``, the unreduced
+            model (its trace, token state and GFLOPs are the unreduced model's).
     """
 
-    def __init__(self, model: nn.Module, adapter: Adapter) -> None:
+    def __init__(self, model: nn.Module, adapter: Adapter, reduced: bool = True) -> None:
         self.model = model
-        self.method: Method = adapter.method
+        self.method: Method | None = adapter.method if reduced else None
         self._adapter = adapter
 
     @property
@@ -69,12 +70,41 @@ class Handle:
         return f"Handle({type(self.model).__name__}, {self.method!r}, {status})"
 
 
-def patch(model: nn.Module, method: Method | str) -> Handle:
+def describe(model: nn.Module) -> ModelInfo:
+    """What tokenreduce knows of ``model``, answered by the adapter of its family.
+
+    Returns:
+        A :class:`~tokenreduce.core.context.ModelInfo`: ``kind`` ("vision" or "language"),
+        ``num_layers`` (depth: blocks or decoder layers), ``num_prefix`` (leading protected
+        tokens: class, distillation, registers; 0 for a language model), ``grid`` (the
+        configured patch grid (rows, cols), None for a language model), ``sites`` (where the
+        adapter reduces) and ``family``.
+
+    Raises:
+        TypeError: the model's family is not supported (the same message as :func:`patch`).
+    """
+    return find_adapter(model).describe(model)
+
+
+def _unreduced(adapter: type[Adapter], model: nn.Module) -> Method:
+    """A method of a kind ``adapter`` takes, placed in ``model`` at the budget that removes
+    nothing (the first registered such method, so the choice is stable)."""
+    depth = adapter.describe(model).num_layers
+    for name in available():
+        cls = get(name)
+        if issubclass(cls, adapter.accepts):
+            return cls(**{cls.budget_param: cls.budget_identity}, **cls.placement(depth))
+    raise TypeError(f"no registered method fits {adapter.family}")  # pragma: no cover
+
+
+def patch(model: nn.Module, method: Method | str | None) -> Handle:
     """Patch ``model`` in place to reduce tokens with ``method``.
 
     Args:
-        model: a supported model instance (see ``tokenreduce.adapters.ADAPTERS``).
-        method: a :class:`~tokenreduce.methods.Method` or a spec such as ``"tome:r=13"``.
+        model: a supported model instance (one the adapter package's ``ADAPTERS`` match).
+        method: a :class:`~tokenreduce.methods.Method` or a spec such as ``"tome:r=13"``;
+            None for the unreduced model: outputs equal to the unpatched model's, with the
+            handle's trace, token state and GFLOPs (the baseline of a benchmark).
 
     Returns:
         A :class:`Handle`; ``handle.remove()`` or leaving its ``with`` block unpatches.
@@ -85,19 +115,22 @@ def patch(model: nn.Module, method: Method | str) -> Handle:
         RuntimeError: the model is already patched.
 
     Every forward of the patched model is guarded: one in which the reduction did not take
-    effect raises :class:`~tokenreduce.adapters.base.ReductionNotApplied` rather than
-    returning the unreduced model's output.
+    effect raises :class:`tokenreduce.ReductionNotApplied` rather than
+    returning the unreduced model's output (``patch(model, None)`` asks for it, so its
+    guard only checks that the model's sites ran).
     """
-    method = build(method)
+    reduced = method is not None
+    method = build(method) if reduced else None
     existing = getattr(model, _ATTR, None)
     if existing is not None:
         raise RuntimeError(
             f"this {type(model).__name__} is already patched with {existing.method!r}; "
             "call handle.remove() (or tokenreduce.unpatch(model)) first"
         )
-    adapter = find_adapter(model)(model, method)
+    family = find_adapter(model)
+    adapter = family(model, method if reduced else _unreduced(family, model))
     adapter.install()
-    handle = Handle(model, adapter)
+    handle = Handle(model, adapter, reduced)
     setattr(model, _ATTR, handle)
     return handle
 

@@ -284,16 +284,11 @@ def report_cmd(
 
 # -- helpers ---------------------------------------------------------------------------------
 def _depth(model: Any) -> int:
-    """Number of blocks (default sweeps place their layers by depth)."""
-    blocks = getattr(model, "blocks", None)
-    if blocks is not None:
-        return len(blocks)
-    config = getattr(model, "config", None)
-    for c in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
-        n = getattr(c, "num_hidden_layers", None)
-        if isinstance(n, int):
-            return n
-    return 12
+    """Number of blocks or decoder layers (default sweeps place their layers by depth), as
+    the model's adapter answers it."""
+    from .api import describe
+
+    return describe(model).num_layers
 
 
 def _print_group(store, group, configs: list[str]) -> None:

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .api import handle_of, patch
+from .adapters import blocks, final_norm
+from .api import describe, handle_of, patch
 from .core.reduction import scatter_back
 
 
@@ -54,22 +55,13 @@ class DenseFeatures:
 
 
 def _blocks_and_norm(model: nn.Module) -> tuple[list[nn.Module], nn.Module]:
-    """The transformer blocks in order and the final norm of a supported vision model."""
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, nn.Sequential | nn.ModuleList) and hasattr(model, "norm"):
-        return list(blocks), model.norm  # timm VisionTransformer
-    for path in ("vit", "vision_model", ""):
-        backbone = getattr(model, path, None) if path else model
-        encoder = getattr(backbone, "encoder", None)
-        # the layer list moved between transformers versions
-        for layers in (
-            getattr(backbone, "layers", None),
-            getattr(encoder, "layers", None),
-            getattr(encoder, "layer", None),
-        ):
-            norm = getattr(backbone, "layernorm", getattr(backbone, "post_layernorm", None))
-            if isinstance(layers, nn.ModuleList) and isinstance(norm, nn.Module):
-                return list(layers), norm
+    """The transformer blocks in order and the final norm of a supported vision model, as
+    its family's adapter gives them."""
+    try:
+        if describe(model).kind == "vision":
+            return blocks(model), final_norm(model)
+    except TypeError:
+        pass
     raise TypeError(
         f"dense features need a timm VisionTransformer or a Hugging Face ViT, DINOv2, CLIP or "
         f"SigLIP vision model; got a {type(model).__name__}"
@@ -81,14 +73,14 @@ def dense_features(model: nn.Module, x: Tensor) -> DenseFeatures:
     """Pooled embedding and one feature per patch of ``model`` on images ``x`` (B, C, H, W).
 
     ``model`` may be patched (``tokenreduce.patch``): every reduction is undone to the full
-    patch grid by the rule of the module docstring. An unpatched model is run under a
-    zero-budget patch, which computes exactly what the model computes and only adds the
+    patch grid by the rule of the module docstring. An unpatched model is run under
+    ``patch(model, None)``, which computes exactly what the model computes and only adds the
     bookkeeping (the unreduced reference).
     """
-    blocks, norm = _blocks_and_norm(model)
+    layers, norm = _blocks_and_norm(model)
     handle = handle_of(model)
     if handle is None:
-        with patch(model, "tome:r=0"):
+        with patch(model, None):
             return dense_features(model, x)
     # (hidden states, source map) before the first block and after every block
     records: list[tuple[Tensor, Tensor]] = []
@@ -102,8 +94,8 @@ def dense_features(model: nn.Module, x: Tensor) -> DenseFeatures:
         h = output[0] if isinstance(output, tuple) else output
         records.append((h, handle.state.source))
 
-    hooks = [blocks[0].register_forward_pre_hook(before_first, with_kwargs=True)]
-    hooks += [blk.register_forward_hook(after) for blk in blocks]
+    hooks = [layers[0].register_forward_pre_hook(before_first, with_kwargs=True)]
+    hooks += [blk.register_forward_hook(after) for blk in layers]
     try:
         model(x)
     finally:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Adapter, Trace
-from .hf_decoder import HFDecoderAdapter
+from ..core.context import ModelInfo
+from .base import Adapter, ReductionNotApplied, Trace
+from .hf_decoder import HFDecoderAdapter, cache_bytes, cache_kwargs, find_cache, output_cache
 from .hf_vision import HFVisionAdapter
 from .timm_vit import TimmViTAdapter
 
@@ -23,4 +24,33 @@ def find_adapter(model: nn.Module) -> type[Adapter]:
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "Trace", "find_adapter"]
+def describe(model: nn.Module) -> ModelInfo:
+    """Facts about ``model`` from the adapter of its family (TypeError if none matches)."""
+    return find_adapter(model).describe(model)
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a supported vision model, in order; TypeError otherwise."""
+    return find_adapter(model).blocks(model)
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm that turns a supported vision model's last block output into its final
+    features; TypeError otherwise."""
+    return find_adapter(model).final_norm(model)
+
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "ReductionNotApplied",
+    "Trace",
+    "blocks",
+    "cache_bytes",
+    "cache_kwargs",
+    "describe",
+    "final_norm",
+    "find_adapter",
+    "find_cache",
+    "output_cache",
+]

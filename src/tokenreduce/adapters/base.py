@@ -58,6 +58,10 @@ class Adapter:
     #: the method classes this family takes (e.g. ``(TokenMethod,)``); any other method is
     #: refused at patch time, naming the kinds and the registered methods that fit
     accepts: ClassVar[tuple[type[Method], ...]] = ()
+    #: ``ModelInfo.kind`` of the models it patches: "vision" or "language"
+    kind: ClassVar[str]
+    #: ``ModelInfo.sites``: where it reduces, e.g. ``("block:after_attention",)``
+    sites: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -78,7 +82,19 @@ class Adapter:
 
     @classmethod
     def describe(cls, model: nn.Module) -> ModelInfo:
+        """Facts about ``model`` (kind, depth, prefix tokens, grid, sites); TypeError when a
+        model of the family has a layout the adapter does not support."""
         raise NotImplementedError
+
+    @classmethod
+    def blocks(cls, model: nn.Module) -> list[nn.Module]:
+        """The model's transformer blocks in order (vision families)."""
+        raise TypeError(f"a {type(model).__name__} ({cls.family}) has no vision blocks")
+
+    @classmethod
+    def final_norm(cls, model: nn.Module) -> nn.Module:
+        """The norm applied to the last block's output (vision families)."""
+        raise TypeError(f"a {type(model).__name__} ({cls.family}) has no vision final norm")
 
     def patch(self) -> None:
         raise NotImplementedError

@@ -155,7 +155,25 @@ class HFVisionAdapter(VisionAdapter):
             num_prefix=num_prefix,
             has_class_token=spec.has_class_token,
             grid=(image[0] // patch[0], image[1] // patch[1]),  # configured; inputs may differ
+            kind=cls.kind,
+            sites=cls.sites,
         )
+
+    @classmethod
+    def blocks(cls, model: nn.Module) -> list[nn.Module]:
+        return list(_layers(_get(model, cls._spec(model).backbone)))
+
+    @classmethod
+    def final_norm(cls, model: nn.Module) -> nn.Module:
+        # ViT and DINOv2 name it layernorm (their last_hidden_state), CLIP and SigLIP
+        # post_layernorm (applied there to the pooled token only).
+        backbone = _get(model, cls._spec(model).backbone)
+        norm = getattr(backbone, "layernorm", None) or getattr(backbone, "post_layernorm", None)
+        if not isinstance(norm, nn.Module):
+            raise TypeError(
+                f"no final norm (layernorm, post_layernorm) in this {type(backbone).__name__}"
+            )
+        return norm
 
     def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__(model, method)

@@ -75,7 +75,17 @@ class TimmViTAdapter(VisionAdapter):
             num_prefix=model.num_prefix_tokens,
             has_class_token=bool(getattr(model, "has_class_token", model.cls_token is not None)),
             grid=tuple(model.patch_embed.grid_size),  # the configured size; inputs may differ
+            kind=cls.kind,
+            sites=cls.sites,
         )
+
+    @classmethod
+    def blocks(cls, model: nn.Module) -> list[nn.Module]:
+        return list(model.blocks)
+
+    @classmethod
+    def final_norm(cls, model: nn.Module) -> nn.Module:
+        return model.norm
 
     # -- patching ---------------------------------------------------------------------------
     def patch(self) -> None:

@@ -37,6 +37,19 @@ class VisionAdapter(Adapter):
     """An adapter for a vision transformer whose input size, and so patch grid, may vary."""
 
     accepts = (TokenMethod,)
+    kind = "vision"
+    sites = ("block:after_attention",)
+
+    @classmethod
+    def blocks(cls, model: nn.Module) -> list[nn.Module]:
+        """The transformer blocks in order; each family's adapter writes it."""
+        raise NotImplementedError
+
+    @classmethod
+    def final_norm(cls, model: nn.Module) -> nn.Module:
+        """The norm that makes the last block's output the model's final features; each
+        family's adapter writes it."""
+        raise NotImplementedError
 
     def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__(model, method)

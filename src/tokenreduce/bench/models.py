@@ -111,15 +111,13 @@ def _loaded(model: nn.Module, name: str, source: str, extra: Any) -> LoadedModel
 
 def check_supported(model: nn.Module, what: str) -> str:
     """Raise :class:`ModelError` unless ``tokenreduce.patch`` accepts ``model``; return its
-    kind, ``"lm"`` or ``"vision"``. A vision model gets a zero-budget patch applied and
-    removed; it runs nothing, so a model on the meta device works."""
-    from ..adapters import find_adapter
-    from ..adapters.hf_decoder import HFDecoderAdapter
-
+    kind, ``"lm"`` or ``"vision"``, as ``tokenreduce.describe`` answers it. A vision model
+    gets an unreduced patch (``patch(model, None)``) applied and removed; it runs nothing, so
+    a model on the meta device works."""
     try:
-        if find_adapter(model) is HFDecoderAdapter:
+        if tokenreduce.describe(model).kind == "language":
             return "lm"
-        tokenreduce.patch(model, "tome:r=0").remove()
+        tokenreduce.patch(model, None).remove()
     except TypeError as err:
         raise ModelError(f"--model {what!r} cannot be benchmarked: {err}") from None
     return "vision"

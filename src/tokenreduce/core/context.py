@@ -10,6 +10,9 @@ from torch import Tensor
 from .scorers import attention_received
 from .state import TokenState
 
+#: the kinds of model an adapter describes
+KINDS = ("vision", "language")
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -22,10 +25,20 @@ class ModelInfo:
     """
 
     family: str
-    num_layers: int
+    num_layers: int  # the model's depth: blocks (vision) or decoder layers (language)
     num_prefix: int  # leading protected tokens: class, distillation, registers
     has_class_token: bool
     grid: tuple[int, int] | None  # patch grid (rows, cols); see the class docstring
+    #: "vision" or "language"; None infers it from ``grid`` (a patch grid means vision)
+    kind: str | None = None
+    #: where the family's adapter reduces, e.g. ``("block:after_attention",)``
+    sites: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", "vision" if self.grid is not None else "language")
+        if self.kind not in KINDS:
+            raise ValueError(f"ModelInfo.kind must be one of {KINDS}, got {self.kind!r}")
 
 
 @dataclass

@@ -24,6 +24,8 @@ from .trace import Forward, KVTrace
 class HFDecoderAdapter(Adapter):
     family = "Hugging Face decoder LMs (" + ", ".join(CLASSES[::2]) + ")"
     accepts = (KVCacheMethod, PrefillMethod)
+    kind = "language"
+    sites = ("kv_cache:prefill", "kv_cache:decode", "prefill:layer")
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -44,6 +46,8 @@ class HFDecoderAdapter(Adapter):
             num_prefix=0,
             has_class_token=False,
             grid=None,
+            kind=cls.kind,
+            sites=cls.sites,
         )
 
     def __init__(self, model: nn.Module, method: Method) -> None:

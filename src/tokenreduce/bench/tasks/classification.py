@@ -293,9 +293,9 @@ class ImageClassification(Task):
 
 
 def _unreduced_cost(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """GFLOPs per image and mean tokens per block of the unreduced model (a zero-budget
-    patch, used only to read the analytic cost and the token counts)."""
-    with tokenreduce.patch(model, "tome:r=0") as handle, torch.inference_mode():
+    """GFLOPs per image and mean tokens per block of the unreduced model (``patch(model,
+    None)``, used only to read the analytic cost and the token counts)."""
+    with tokenreduce.patch(model, None) as handle, torch.inference_mode():
         model(x)
         tokens = handle.trace.attn_tokens
         return handle.baseline_gflops(), sum(tokens) / len(tokens)

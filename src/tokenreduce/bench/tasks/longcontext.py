@@ -52,11 +52,8 @@ KEPT_TARGET, KV_TOLERANCE, TTFT_TARGET, TTFT_CONTEXT = 95.0, 0.02, 1.3, 2048
 def check_lm(model: nn.Module, tokenizer: Any, task: str) -> None:
     """Raise ``ValueError`` unless ``model`` is a decoder LM tokenreduce patches and
     ``tokenizer`` fits its vocabulary."""
-    from ...adapters import find_adapter
-    from ...adapters.hf_decoder import HFDecoderAdapter
-
     try:
-        fits = find_adapter(model) is HFDecoderAdapter
+        fits = tokenreduce.describe(model).kind == "language"
     except TypeError:
         fits = False
     if not fits:
@@ -101,7 +98,7 @@ class PrefillCache:
         self.bytes: int | None = None
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        from ...adapters.hf_decoder import cache_bytes, output_cache
+        from ...lm import cache_bytes, output_cache
 
         if self.bytes is None:
             self.bytes = cache_bytes(output_cache(output))
@@ -543,7 +540,7 @@ def prefill_and_decode(
 ) -> tuple[float, float, float, float]:
     """Seconds of (prefill + first token) and of ``steps`` greedy decoding steps after it,
     in wall-clock time, then the same two in process CPU time (all threads)."""
-    from ...adapters.hf_decoder import cache_kwargs, output_cache
+    from ...lm import cache_kwargs, output_cache
 
     with torch.inference_mode():
         start, start_cpu = perf_counter(), process_time()

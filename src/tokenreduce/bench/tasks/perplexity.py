@@ -183,10 +183,10 @@ class Perplexity(Task):
         baseline: dict[str, Any] | None,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
-        from ...adapters.hf_decoder import cache_bytes, cache_kwargs, output_cache
+        from ...lm import cache_bytes, cache_kwargs, output_cache
 
         kind, ratio = config_budget(config)
-        handle = None if config == BASELINE else tokenreduce.patch(model, config)
+        handle = tokenreduce.patch(model, None if config == BASELINE else config)
         nll = {c: 0.0 for c in self.chunks}
         kv = {c: 0 for c in self.chunks}
         try:
@@ -206,8 +206,7 @@ class Perplexity(Task):
                     if progress is not None:
                         progress(done, self.steps(config))
         finally:
-            if handle is not None:
-                handle.remove()
+            handle.remove()
         tokens = {c: len(rows) * self.continuation for c, rows in self.chunks.items()}
         mean_nll = sum(nll.values()) / sum(tokens.values())
         ppl = math.exp(mean_nll)
