@@ -140,7 +140,7 @@ def gather_entries(x: Tensor, index: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class CacheBudget(Budget):
     """Entries a layer's cache keeps out of ``n``: ``n - floor(n * ratio)``, or at most
-    ``max_entries`` when it is set. ``remove(layer, n)`` is the complement."""
+    ``max_entries`` when it is set."""
 
     ratio: float = 0.0
     max_entries: int | None = None
@@ -149,9 +149,6 @@ class CacheBudget(Budget):
         if self.max_entries is not None:
             return min(n, self.max_entries)
         return n - removed_count(n, self.ratio)
-
-    def remove(self, layer: int, n: int) -> int:
-        return n - self.keep(layer, n)
 
 
 @dataclass
