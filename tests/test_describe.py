@@ -138,7 +138,8 @@ def test_unreduced_patch_costs_what_a_zero_budget_costs():
     with tokenreduce.patch(model, None) as handle:
         model(x)
         assert handle.gflops() == cost
-        with pytest.raises(RuntimeError, match="already patched"):
+        assert repr(handle) == "Handle(VisionTransformer, unreduced, active)"
+        with pytest.raises(RuntimeError, match=r"already patched \(unreduced\)"):
             tokenreduce.patch(model, None)
 
 

@@ -67,7 +67,11 @@ class Handle:
 
     def __repr__(self) -> str:
         status = "active" if self.active else "removed"
-        return f"Handle({type(self.model).__name__}, {self.method!r}, {status})"
+        return f"Handle({type(self.model).__name__}, {self._what}, {status})"
+
+    @property
+    def _what(self) -> str:
+        return "unreduced" if self.method is None else repr(self.method)
 
 
 def describe(model: nn.Module) -> ModelInfo:
@@ -124,7 +128,7 @@ def patch(model: nn.Module, method: Method | str | None) -> Handle:
     existing = getattr(model, _ATTR, None)
     if existing is not None:
         raise RuntimeError(
-            f"this {type(model).__name__} is already patched with {existing.method!r}; "
+            f"this {type(model).__name__} is already patched ({existing._what}); "
             "call handle.remove() (or tokenreduce.unpatch(model)) first"
         )
     family = find_adapter(model)
