@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tokenreduce
+
 timm = pytest.importorskip("timm")
 
 # name -> timm constructor and kwargs; 8x8 patch grid, 4 blocks, tiny width.
@@ -74,9 +76,7 @@ def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def num_prefix(model: torch.nn.Module) -> int:
     """Leading protected tokens (class, distillation, registers) as the adapter sees them."""
-    from tokenreduce.adapters import find_adapter
-
-    return find_adapter(model).describe(model).num_prefix
+    return tokenreduce.describe(model).num_prefix
 
 
 @pytest.fixture(params=[*VIT_VARIANTS, *HF_VARIANTS])

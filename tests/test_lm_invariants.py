@@ -24,13 +24,7 @@ transformers = pytest.importorskip("transformers")
 KV_METHODS = [n for n in methods.available() if issubclass(methods.get(n), methods.KVCacheMethod)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids oversubscribing a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def make(name: str, **kw) -> methods.Method:

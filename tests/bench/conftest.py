@@ -16,15 +16,3 @@ def idx_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     return write_arch_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread for a module, as sweeps with --threads 1 run; restored afterwards.
-    (On a loaded machine, two threads spin on a tiny model's many small operations.)"""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

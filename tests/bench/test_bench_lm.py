@@ -26,12 +26,7 @@ from tokenreduce.cli import app  # noqa: E402
 LAYERS, KV_HEADS, HEAD_DIM = 4, 2, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -89,18 +89,13 @@ class KVCacheMethod(Method):
         """:meth:`budget` for a model of ``num_layers`` layers (all it reads of the model)."""
         return CacheBudget(float(self.compression_ratio), self.cache_budget)
 
-    def layer_keep(self, layer: int, num_layers: int, n: int) -> int:
-        """``layer_budget(num_layers).keep(layer, n)``: the spelling the decoder adapter
-        calls."""
-        return self.layer_budget(num_layers).keep(layer, n)
-
     def decode_keep(self, layer: int, num_layers: int, n: int) -> int:
         """Entries a layer holds while decoding (``decode_every``) for a prompt of ``n`` real
         tokens: its prompt budget for a ratio; for ``cache_budget`` the layer's share of it
         even when the prompt was shorter."""
         if self.cache_budget is not None:
             n = max(n, self.cache_budget)
-        return self.layer_keep(layer, num_layers, n)
+        return self.layer_budget(num_layers).keep(layer, n)
 
     def decode_queries(self) -> int:
         """How many of the most recent queries the score reads while decoding; the adapter

@@ -73,12 +73,6 @@ class PrefillMethod(Method):
         """Prompt tokens kept after each site: ``keep(site_layer, n)``."""
         return StagedPrune(float(self.prune_ratio), self.sites(model.num_layers), self.keep_last)
 
-    def keep_count(self, n: int, stage: int = -1, num_sites: int = 1) -> int:
-        """Tokens kept after site ``stage`` of ``num_sites`` (default: the last) of a prompt
-        of ``n`` real tokens: the budget's answer at that site, by its rank."""
-        ranks = tuple(range(num_sites))
-        return StagedPrune(float(self.prune_ratio), ranks, self.keep_last).keep(ranks[stage], n)
-
     def scores(self, ctx: KVContext) -> Tensor:
         """(B, N) attention from the last query, averaged over all heads."""
         return ctx.attention(1).mean(dim=1)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ...core.budgets import Budget
 from ...core.kv import KVContext, grouped_attention_received, keep_per_head
 from ...methods.base import InvalidParameter, Method
 from .cache_layer import ReducedLayer, held
@@ -56,6 +57,7 @@ class AttentionSite:
     def __init__(self, adapter, layer: int) -> None:
         self.adapter = adapter
         self.method: Method = adapter.method
+        self.budget: Budget = adapter.budget
         self.layer = layer
         self.num_layers: int = adapter.info.num_layers
 
@@ -125,7 +127,7 @@ class AttentionSite:
             return
         method.check_prompt(int(prompt[whole].min()))
         keep = torch.tensor(
-            _budgets(method, layer, self.num_layers, lengths, whole), device=valid.device
+            _budgets(method, self.budget, layer, lengths, whole), device=valid.device
         )
         position = (valid.long().cumsum(1) - 1 + (prompt - lengths)[:, None]).masked_fill(
             ~valid, -1
@@ -230,12 +232,12 @@ def _query_reader(step: Step):
 
 
 def _budgets(
-    method: Method, layer: int, num_layers: int, lengths: Tensor, whole: Tensor
+    method: Method, budget: Budget, layer: int, lengths: Tensor, whole: Tensor
 ) -> list[int]:
     """Entries each sample keeps: its budget, or all it holds where ``whole`` is False."""
     keep = []
     for x, w in zip(lengths.tolist(), whole.tolist(), strict=True):
-        k = method.layer_keep(layer, num_layers, x) if w else x
+        k = budget.keep(layer, x) if w else x
         if k < x and k < method.num_protected():
             raise InvalidParameter(
                 f"{method.name}: the budget leaves {k} of {x} entries, fewer than the "

@@ -108,7 +108,7 @@ def select(adapter, dl: nn.Module, layer: int, stage: int, h_in: Tensor, out: Te
     scores = scores.masked_fill(cand >= n - method.keep_last, float("inf"))
     scores = scores.masked_fill(~cand_valid, float("-inf"))
     last = len(adapter.sites) - 1
-    keep = [method.keep_count(int(x), stage, last + 1) for x in lengths.tolist()]
+    keep = [adapter.budget.keep(layer, int(x)) for x in lengths.tolist()]
     keep = torch.tensor(keep, device=h_in.device)
     rel, new_kept = keep_per_head(scores[:, None, :], keep)
     rel, new_kept = rel[:, 0], new_kept[:, 0]
