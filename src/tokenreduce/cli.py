@@ -126,73 +126,136 @@ def bench(
     """Measure every token reduction method the task sweeps, at several budgets, plus the
     unreduced baseline, into the results store; then print a table and write the HTML
     report. On an image classifier: top-1, GFLOPs, throughput, speedup, peak memory."""
-    from .bench import configs as cfg
-    from .bench import metrics, runner
-    from .bench import tasks as tasks_mod
+    from .bench import metrics
     from .bench.models import ModelError
     from .bench.models import load as load_model
-    from .bench.store import Store, StoreError, check_file
 
-    try:  # names and budgets first: a typo should not wait for a model to load
-        kinds = tasks_mod.get(task).method_kinds if task else None
-        cfg.resolve(methods, budgets or (), quick=quick, kind=kinds or _all_kinds())
-    except (cfg.ConfigError, ValueError) as err:
-        _fail(str(err))
+    _check_names_and_store(task, methods, budgets, quick, db)
     threads = threads or metrics.default_threads()
-    try:
-        check_file(db)  # a foreign or broken store fails now, before anything is loaded
-    except StoreError as err:
-        _fail(str(err))
     try:
         loaded = load_model(model)
     except ModelError as err:
         _fail(str(err))
+    options = _task_options(threads, limit, batch_size, repeats, warmup, quick, data, context)
+    task_cls, configs, measured = _build_task(loaded, model, task, methods, budgets, options)
+    recorded = {
+        "model": model,
+        "task": task_cls.name,
+        "methods": methods,
+        "budgets": budgets,
+        "batch_size": batch_size,
+        "limit": limit,
+        "quick": quick,
+        "threads": threads,
+        "repeats": repeats,
+        "warmup": warmup,
+        "context": context,
+        "fresh": fresh,
+    }
+    _sweep_and_report(db, out, measured, loaded, configs, recorded, fresh=fresh, pictures=pictures)
+
+
+def _check_names_and_store(
+    task: str | None, methods: str | None, budgets: list[str] | None, quick: bool, db: Path
+) -> None:
+    """Fail on unknown tasks, methods and invalid budgets, and on a foreign or broken
+    store, before the model is loaded (a typo should not wait for it)."""
+    from .bench import configs as cfg
+    from .bench import tasks as tasks_mod
+    from .bench.store import StoreError, check_file
+
+    try:
+        kinds = tasks_mod.get(task).method_kinds if task else None
+        cfg.resolve(methods, budgets or (), quick=quick, kind=kinds or _all_kinds())
+    except (cfg.ConfigError, ValueError) as err:
+        _fail(str(err))
+    try:
+        check_file(db)
+    except StoreError as err:
+        _fail(str(err))
+
+
+def _task_options(
+    threads: int,
+    limit: int | None,
+    batch_size: int | None,
+    repeats: int | None,
+    warmup: int | None,
+    quick: bool,
+    data: Path | None,
+    context: list[int] | None,
+) -> Any:
+    """The command line's task options (:class:`tokenreduce.bench.tasks.Options`)."""
+    from .bench.tasks import Options
+
+    return Options(
+        threads=threads,
+        limit=limit,
+        batch_size=batch_size,
+        repeats=repeats,
+        warmup=warmup,
+        quick=quick,
+        data=data,
+        context=tuple(context or ()),
+    )
+
+
+def _build_task(
+    loaded: Any,
+    spec: str,
+    task: str | None,
+    methods: str | None,
+    budgets: list[str] | None,
+    options: Any,
+) -> tuple[Any, list[str], Any]:
+    """(task class, configurations, task) for the loaded model: the task named or the
+    model's default, the configurations resolved against the model's depth and checked on
+    it, and the task built from ``options``; fails with the reason otherwise."""
+    from .bench import configs as cfg
+    from .bench import runner
+    from .bench import tasks as tasks_mod
+
     task_cls = tasks_mod.get(task or loaded.default_task)
-    _check_model_kind(task_cls, loaded, model)
+    _check_model_kind(task_cls, loaded, spec)
     try:
         configs = cfg.resolve(
             methods,
             budgets or (),
             depth=_depth(loaded.model),
-            quick=quick,
+            quick=options.quick,
             kind=task_cls.method_kinds,
             sweep=task_cls.default_sweep(loaded),
         )
         runner.check_configs(loaded.model, configs)
-        options = tasks_mod.Options(
-            threads=threads,
-            limit=limit,
-            batch_size=batch_size,
-            repeats=repeats,
-            warmup=warmup,
-            quick=quick,
-            data=data,
-            context=tuple(context or ()),
-        )
         measured = task_cls.from_options(loaded, options)
     except (cfg.ConfigError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
+    return task_cls, configs, measured
+
+
+def _sweep_and_report(
+    db: Path,
+    out: Path,
+    measured: Any,
+    loaded: Any,
+    configs: list[str],
+    recorded: dict[str, Any],
+    *,
+    fresh: bool,
+    pictures: bool,
+) -> None:
+    """Measure the configurations into the store (resuming unless ``fresh``), print the
+    table and write the HTML report; an interrupt leaves the finished ones stored."""
+    from .bench import configs as cfg
+    from .bench import report, runner
+    from .bench.progress import RichListener
+    from .bench.store import Store, StoreError
+
     try:
         store = Store.open(db)
     except StoreError as err:
         _fail(str(err))
     with store:
-        recorded = {
-            "model": model,
-            "task": task_cls.name,
-            "methods": methods,
-            "budgets": budgets,
-            "batch_size": batch_size,
-            "limit": limit,
-            "quick": quick,
-            "threads": threads,
-            "repeats": repeats,
-            "warmup": warmup,
-            "context": context,
-            "fresh": fresh,
-        }
-        from .bench.progress import RichListener
-
         listener = RichListener(len(configs))
         try:
             with listener:
@@ -202,7 +265,7 @@ def bench(
                     loaded.model,
                     loaded.key,
                     configs,
-                    threads=threads,
+                    threads=recorded["threads"],
                     fresh=fresh,
                     pictures=pictures,
                     command=_command_line(),
@@ -220,8 +283,6 @@ def bench(
         except (cfg.ConfigError, ValueError) as err:
             _fail(str(err))
         _print_group(store, sweep.group, configs)
-        from .bench import report
-
         path = report.write(store, out, only=[sweep.group])
         typer.echo(
             f"{len(sweep.measured)} measured, {len(sweep.skipped)} already stored "

@@ -6,6 +6,10 @@ metrics. It declares the columns a table shows, the Pareto plots a report draws,
 produce pictures. The runner, the store and the report know nothing more about a task, so a
 new task (a language-model retrieval test, feature fidelity on another backbone) is a new
 module here writing to the same store and the same report.
+
+A task implements :meth:`Task.run`; :meth:`Task.measure` counts its progress steps. What
+tasks share around their own metrics (the patched copy that is always restored, the cost
+columns, integer option checks) is in :mod:`tokenreduce.bench.measure`.
 """
 
 from __future__ import annotations
@@ -17,36 +21,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
+from ..measure import Progress, Steps, check_ints
+
+#: one row of metrics by name, as the store keeps it
+Metrics = dict[str, Any]
+
 if TYPE_CHECKING:
     from ..models import LoadedModel
-
-#: called with (steps done, steps total) while a configuration is measured
-Progress = Callable[[int, int], None]
-
-
-class Steps:
-    """The progress of one :meth:`Task.measure` call: ``step = Steps(progress, total)``,
-    then ``step()`` after each step (reported to ``progress``), ``step.skip(n)`` for steps
-    that need no work this time."""
-
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
-
-    def __call__(self) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-
-    def skip(self, n: int) -> None:
-        self.done += n
-
-
-def check_ints(*checks: tuple[str, Any, int]) -> None:
-    """Raise ``ValueError`` unless every ``(name, value, minimum)`` has an integer value (not
-    a bool) of at least its minimum."""
-    for name, value, low in checks:
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -119,15 +100,21 @@ class Task:
         command line's options."""
         raise NotImplementedError(f"task {cls.name!r} cannot be built from the command line")
 
+    #: set by a task's constructor unless it overrides :attr:`data_id`
+    _data_id: str
+    batch_size: int
+    threads: int
+
     @property
     def data_id(self) -> str:
-        """Data set, split, size and a content hash."""
-        raise NotImplementedError
+        """Data set, split, size and a content hash (the constructor's ``_data_id``)."""
+        return self._data_id
 
     @property
     def setting(self) -> dict[str, Any]:
-        """Measurement settings that change the numbers (batch size, threads)."""
-        raise NotImplementedError
+        """Measurement settings that change the numbers (by default the batch size and the
+        torch threads)."""
+        return {"batch_size": self.batch_size, "threads": self.threads}
 
     @classmethod
     def default_sweep(cls, loaded: LoadedModel) -> Callable[[str, int, bool], list[str]] | None:
@@ -148,11 +135,16 @@ class Task:
         self,
         model: nn.Module,
         config: str,
-        baseline: dict[str, Any] | None,
+        baseline: Metrics | None,
         progress: Progress | None = None,
-    ) -> dict[str, Any]:
+    ) -> Metrics:
         """Metrics of ``config`` (``"baseline"`` for the unreduced model); ``baseline`` holds
-        the baseline's metrics once measured."""
+        the baseline's metrics once measured. ``progress`` hears of each of the
+        :meth:`steps` steps: this counts them and lets :meth:`run` do the work."""
+        return self.run(model, config, baseline, Steps(progress, self.steps(config)))
+
+    def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
+        """What :meth:`measure` does for a task, calling ``step()`` after each step."""
         raise NotImplementedError
 
     def pictures(self, model: nn.Module, config: str) -> dict[str, bytes]:
@@ -202,6 +194,7 @@ from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, 
 __all__ = [
     "TASKS",
     "Column",
+    "Metrics",
     "Options",
     "Plot",
     "Progress",

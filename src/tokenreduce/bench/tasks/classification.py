@@ -11,7 +11,6 @@ forward of that batch is watched for peak tensor memory (see
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 from typing import Any
@@ -19,11 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-import tokenreduce
-
 from ..configs import BASELINE
-from ..metrics import median, paired_times, peak_memory_mb, time_call
-from . import Column, Options, Plot, Progress, Task, register
+from ..measure import Steps, check_ints, cost_metrics, reduced_model
+from ..metrics import paired_times, peak_memory_mb, time_call
+from . import Column, Metrics, Options, Plot, Task, register
 
 QUICK_LIMIT, QUICK_BATCH, QUICK_REPEATS, QUICK_WARMUP = 128, 32, 3, 1
 
@@ -93,14 +91,12 @@ class ImageClassification(Task):
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         if len(images) == 0:
             raise ValueError("no images to evaluate")
-        for name, value, low in (
+        check_ints(
             ("batch_size", batch_size, 1),
             ("repeats", repeats, 1),
             ("warmup", warmup, 0),
             ("threads", threads, 1),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        )
         self.images, self.labels = images, labels.long()
         self.data_name, self.num_classes = data_name, num_classes
         self.batch_size, self.threads = batch_size, threads
@@ -136,14 +132,6 @@ class ImageClassification(Task):
         task.check_model(loaded.model)
         return task
 
-    @property
-    def data_id(self) -> str:
-        return self._data_id
-
-    @property
-    def setting(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "threads": self.threads}
-
     def _batches(self) -> range:
         return range(0, len(self.images), self.batch_size)
 
@@ -170,92 +158,67 @@ class ImageClassification(Task):
                 f"{self.data_name} has {self.num_classes} classes; use a model trained on it"
             )
 
-    def measure(
-        self,
-        model: nn.Module,
-        config: str,
-        baseline: dict[str, Any] | None,
-        progress: Progress | None = None,
-    ) -> dict[str, Any]:
-        total, done = self.steps(config), 0
-
-        def step() -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
-        if config == BASELINE:
-            reduced, handle = model, None
-            base_gflops, base_tokens = _unreduced_cost(model, self._inputs(model, 0, 1))
-        else:
-            # A patched copy lets the timing alternate between the two models without
-            # patching and unpatching inside the timed region.
-            reduced = copy.deepcopy(model)
-            handle = tokenreduce.patch(reduced, config)
-            base_gflops, base_tokens = handle.baseline_gflops(), 0.0
-        try:
-            correct, gflops_sum, tokens_sum = 0, 0.0, 0.0
+    def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
+        with reduced_model(model, config) as (reduced, handle):
+            correct, gflops, tokens = self._evaluate(model, reduced, handle, step)
+            x = self._inputs(model, 0, min(self.batch_size, len(self.images)))
+            t_base, t_red = self._time(model, reduced, x, config == BASELINE)
+            step()
+            # the baseline's memory is watched on the plain model, without the adapter
             with torch.inference_mode():
-                for start in self._batches():
-                    stop = min(start + self.batch_size, len(self.images))
-                    logits = reduced(self._inputs(model, start, stop))
-                    correct += int((logits.argmax(-1) == self.labels[start:stop]).sum())
-                    if handle is None:
-                        gflops_sum += base_gflops * (stop - start)
-                        tokens_sum += base_tokens * (stop - start)
-                    else:
-                        gflops_sum += handle.gflops() * (stop - start)
-                        tokens = handle.trace.attn_tokens
-                        tokens_sum += sum(tokens) / len(tokens) * (stop - start)
-                    step()
-                x = self._inputs(model, 0, min(self.batch_size, len(self.images)))
-                if config == BASELINE:
-                    for _ in range(self.warmup):
-                        model(x)
-                    t_base = [time_call(lambda: model(x)) for _ in range(self.repeats)]
-                    t_red = t_base
-                else:
-                    t_base, t_red = paired_times(
-                        lambda: model(x), lambda: reduced(x), self.repeats, self.warmup
-                    )
-                step()
-                peak = peak_memory_mb(lambda: reduced(x))
-                step()
-        finally:
-            if handle is not None:
-                handle.remove()
+                peak = peak_memory_mb(lambda: (model if config == BASELINE else reduced)(x))
+            step()
         n = len(self.images)
         top1 = 100.0 * correct / n
-        gflops = gflops_sum / n
-        base_top1 = top1 if baseline is None else baseline["top1"]
-        base_peak = peak if baseline is None else baseline["peak_mem_mb"]
-        base_throughput = None if baseline is None else baseline["throughput"]
-        flop_ratio = base_gflops / gflops if gflops > 0 else None
-        # each pair was timed back to back: the median of their ratios cancels slow drift
-        speedup = median([b / r for b, r in zip(t_base, t_red, strict=True)])
         return {
             "top1": top1,
-            "top1_delta": top1 - base_top1,
+            "top1_delta": top1 - (top1 if baseline is None else baseline["top1"]),
             "correct": correct,
             "images": n,
-            "gflops": gflops,
-            "baseline_gflops": base_gflops,
-            "flop_ratio": flop_ratio,
-            "throughput": len(x) / median(t_red),
-            "throughput_scaled": speedup * (base_throughput or len(x) / median(t_red)),
-            "baseline_throughput": len(x) / median(t_base),
-            "speedup": speedup,
-            "speedup_per_flop": speedup / flop_ratio if flop_ratio else None,
-            "batch_ms": 1000 * median(t_red),
-            "batch_ms_all": [1000 * t for t in t_red],
-            "baseline_batch_ms_all": [1000 * t for t in t_base],
-            "peak_mem_mb": peak,
-            "mem_ratio": peak / base_peak if base_peak else None,
-            "mean_tokens": tokens_sum / n,
+            **cost_metrics(
+                gflops=gflops,
+                base_gflops=handle.baseline_gflops(),
+                mean_tokens=tokens,
+                t_base=t_base,
+                t_red=t_red,
+                batch=len(x),
+                peak=peak,
+                baseline=baseline,
+            ),
             "repeats": self.repeats,
             "warmup": self.warmup,
         }
+
+    def _evaluate(
+        self, model: nn.Module, reduced: nn.Module, handle: Any, step: Steps
+    ) -> tuple[int, float, float]:
+        """Correct answers over the set, and GFLOPs and mean tokens per block per image (from
+        the handle's trace of each batch)."""
+        correct, gflops_sum, tokens_sum = 0, 0.0, 0.0
+        with torch.inference_mode():
+            for start in self._batches():
+                stop = min(start + self.batch_size, len(self.images))
+                logits = reduced(self._inputs(model, start, stop))
+                correct += int((logits.argmax(-1) == self.labels[start:stop]).sum())
+                tokens = handle.trace.attn_tokens
+                gflops_sum += handle.gflops() * (stop - start)
+                tokens_sum += sum(tokens) / len(tokens) * (stop - start)
+                step()
+        n = len(self.images)
+        return correct, gflops_sum / n, tokens_sum / n
+
+    def _time(
+        self, model: nn.Module, reduced: nn.Module, x: torch.Tensor, is_baseline: bool
+    ) -> tuple[list[float], list[float]]:
+        """Seconds of the timed batches of the plain and the reduced model, paired by index
+        (the plain model's twice for the baseline)."""
+        with torch.inference_mode():
+            if is_baseline:
+                for _ in range(self.warmup):
+                    model(x)
+                t_base = [time_call(lambda: model(x)) for _ in range(self.repeats)]
+                return t_base, t_base
+            return paired_times(lambda: model(x), lambda: reduced(x), self.repeats, self.warmup)
 
     @classmethod
     def summary(cls, rows: list[tuple[str, dict[str, Any]]], max_drop: float = 0.5) -> list[str]:
@@ -290,15 +253,6 @@ class ImageClassification(Task):
             img.save(buf, format="PNG")
             out[f"image-{i}"] = buf.getvalue()
         return out
-
-
-def _unreduced_cost(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """GFLOPs per image and mean tokens per block of the unreduced model (``patch(model,
-    None)``, used only to read the analytic cost and the token counts)."""
-    with tokenreduce.patch(model, None) as handle, torch.inference_mode():
-        model(x)
-        tokens = handle.trace.attn_tokens
-        return handle.baseline_gflops(), sum(tokens) / len(tokens)
 
 
 def first_of_each_class(labels: torch.Tensor, count: int = 4) -> tuple[int, ...]:

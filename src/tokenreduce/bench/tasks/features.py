@@ -13,7 +13,6 @@ one forward, and the tokens entering attention averaged over the blocks.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import time
@@ -25,12 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import tokenreduce
-
 from ...dense import DenseFeatures, dense_features
 from ..configs import BASELINE
+from ..measure import Steps, check_ints, cost_metrics, reduced_model
 from ..metrics import median, paired_times, peak_memory_mb, time_call
-from . import Column, Plot, Progress, Steps, Task, check_ints
+from . import Column, Metrics, Plot, Task
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -209,14 +207,6 @@ class FeatureTask(Task):
 
         return sweep_for(n_patches(loaded))
 
-    @property
-    def data_id(self) -> str:
-        return self._data_id  # set by the subclass: data, size and a content hash
-
-    @property
-    def setting(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "threads": self.threads}
-
     def _batches(self, n: int) -> range:
         return range(0, n, self.batch_size)
 
@@ -276,44 +266,41 @@ class FeatureTask(Task):
         ``baseline`` holds the unreduced model's metrics once measured."""
         raise NotImplementedError
 
-    def measure(
-        self,
-        model: nn.Module,
-        config: str,
-        baseline: dict[str, Any] | None,
-        progress: Progress | None = None,
-    ) -> dict[str, Any]:
-        step = Steps(progress, self.steps(config))
+    def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
         self.prepare(model, step)
-        x = self.inputs[: self.batch_size]
         if config == BASELINE:
-            if self._reference is None:
-                self._reference = self.features(model, self.inputs, step)
-            else:
-                step.skip(len(self._batches(len(self.inputs))))
-            feats = self._reference
-            times = self._timing(model, None, x)
-            step()
-            peak = peak_memory_mb(lambda: _forward(model, x))
-            step()
+            feats = self._baseline_features(model, step)
+            times, peak = self._cost(model, None, step)
         else:
-            # A patched copy lets the timing alternate between the two models without
-            # patching and unpatching inside the timed region.
-            reduced = copy.deepcopy(model)
-            handle = tokenreduce.patch(reduced, config)
-            try:
+            with reduced_model(model, config) as (reduced, _):
                 feats = self.features(reduced, self.inputs, step)
-                times = self._timing(model, reduced, x)
-                step()
-                peak = peak_memory_mb(lambda: _forward(reduced, x))
-                step()
-            finally:
-                handle.remove()
+                times, peak = self._cost(model, reduced, step)
         base_gflops = self.reference(model).gflops
-        values = cost_metrics(feats, base_gflops, times, len(x), peak, baseline)
+        batch = len(self.inputs[: self.batch_size])
+        values = _feature_costs(feats, base_gflops, times, batch, peak, baseline)
         values.update(self.quality(model, feats, baseline))
         values.update(images=len(self.inputs), repeats=self.repeats, warmup=self.warmup)
         return values
+
+    def _baseline_features(self, model: nn.Module, step: Steps) -> DenseFeatures:
+        """The unreduced features, computed with progress the first time, then reused."""
+        if self._reference is None:
+            self._reference = self.features(model, self.inputs, step)
+        else:
+            step.skip(len(self._batches(len(self.inputs))))
+        return self._reference
+
+    def _cost(
+        self, model: nn.Module, reduced: nn.Module | None, step: Steps
+    ) -> tuple[Timing, float]:
+        """Timing of the first batch (see :meth:`_timing`), then the peak tensor MiB of one
+        forward of it through ``reduced`` (the plain ``model`` for the baseline)."""
+        x = self.inputs[: self.batch_size]
+        times = self._timing(model, reduced, x)
+        step()
+        peak = peak_memory_mb(lambda: _forward(model if reduced is None else reduced, x))
+        step()
+        return times, peak
 
     def _timing(self, model: nn.Module, reduced: nn.Module | None, x: torch.Tensor) -> Timing:
         """Time the unreduced model (alone when ``reduced`` is None, else interleaved with
@@ -377,7 +364,7 @@ def _cpu_clocked(fn: Callable[[], object], out: list[float]) -> Callable[[], Non
     return call
 
 
-def cost_metrics(
+def _feature_costs(
     feats: DenseFeatures,
     base_gflops: float,
     times: Timing,
@@ -385,39 +372,31 @@ def cost_metrics(
     peak: float,
     baseline: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """GFLOPs, FLOP ratio, throughput, paired speedups, memory and token counts of one row.
+    """The shared cost metrics (:func:`tokenreduce.bench.measure.cost_metrics`) plus the
+    CPU-time speedup and the share of pruned patches.
 
-    ``speedup`` is the median of the paired wall-clock ratios (the report's throughput
-    scale); ``speedup_cpu`` the same from the process CPU time of the same calls, which other
-    processes on a shared machine disturb less (it counts the work of every torch thread).
+    ``speedup_cpu`` is the median of the paired ratios of the process CPU time of the same
+    calls, which other processes on a shared machine disturb less (it counts the work of
+    every torch thread).
     """
-    base_throughput = None if baseline is None else baseline["throughput"]
-    base_peak = peak if baseline is None else baseline["peak_mem_mb"]
-    flop_ratio = base_gflops / feats.gflops if feats.gflops > 0 else None
-    # each pair was timed back to back: the median of their ratios cancels slow drift
-    speedup = median([b / r for b, r in zip(times.wall_base, times.wall_red, strict=True)])
+    values = cost_metrics(
+        gflops=feats.gflops,
+        base_gflops=base_gflops,
+        mean_tokens=feats.mean_tokens,
+        t_base=times.wall_base,
+        t_red=times.wall_red,
+        batch=batch,
+        peak=peak,
+        baseline=baseline,
+    )
     speedup_cpu = median([b / r for b, r in zip(times.cpu_base, times.cpu_red, strict=True)])
-    throughput = batch / median(times.wall_red)
-    return {
-        "gflops": feats.gflops,
-        "baseline_gflops": base_gflops,
-        "flop_ratio": flop_ratio,
-        "throughput": throughput,
-        "throughput_scaled": speedup * (base_throughput or throughput),
-        "baseline_throughput": batch / median(times.wall_base),
-        "speedup": speedup,
-        "speedup_cpu": speedup_cpu,
-        "speedup_per_flop": speedup / flop_ratio if flop_ratio else None,
-        "batch_ms": 1000 * median(times.wall_red),
-        "batch_ms_all": [1000 * t for t in times.wall_red],
-        "baseline_batch_ms_all": [1000 * t for t in times.wall_base],
-        "batch_cpu_ms_all": [1000 * t for t in times.cpu_red],
-        "baseline_batch_cpu_ms_all": [1000 * t for t in times.cpu_base],
-        "peak_mem_mb": peak,
-        "mem_ratio": peak / base_peak if base_peak else None,
-        "mean_tokens": feats.mean_tokens,
-        "pruned_share": 100.0 * float(feats.pruned.float().mean()),
-    }
+    values.update(
+        speedup_cpu=speedup_cpu,
+        batch_cpu_ms_all=[1000 * t for t in times.cpu_red],
+        baseline_batch_cpu_ms_all=[1000 * t for t in times.cpu_base],
+        pruned_share=100.0 * float(feats.pruned.float().mean()),
+    )
+    return values
 
 
 def n_patches(loaded: Any) -> int:

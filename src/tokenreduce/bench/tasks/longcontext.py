@@ -24,7 +24,6 @@ configuration (a KV-cache method or a prefill method at a budget, or the unreduc
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,9 @@ import tokenreduce
 
 from ... import lmtasks
 from ..configs import BASELINE
+from ..measure import Steps, check_ints, fraction, reduced_model
 from ..metrics import median, paired_times, peak_memory_mb
-from . import Column, Options, Plot, Progress, Task, register
+from . import Column, Metrics, Options, Plot, Task, register
 
 DEFAULT_CONTEXTS = (1024, 2048, 4096)
 QUICK_CONTEXT, QUICK_LIMIT = 512, 2
@@ -49,6 +49,22 @@ KEPT_TARGET, KV_TOLERANCE, TTFT_TARGET, TTFT_CONTEXT = 95.0, 0.02, 1.3, 2048
 
 
 # -- helpers shared by the language-model tasks -----------------------------------------------
+#: the KV-cache columns of the language-model tasks: MiB per sample of the longest context,
+#: and all KV bytes over the baseline's
+KV_COLUMNS = (Column("kv_mb", "KV MiB", ".2f", False), Column("kv_ratio", "KV ×base", ".3f", False))
+
+
+def kv_plot(y: str, y_label: str) -> Plot:
+    """The Pareto plot of metric ``y`` against the KV bytes kept after prefill."""
+    return Plot(
+        "kv_ratio",
+        y,
+        "KV-cache bytes after prefill (fraction of the full cache)",
+        y_label,
+        x_higher_is_better=False,
+    )
+
+
 def check_lm(model: nn.Module, tokenizer: Any, task: str) -> None:
     """Raise ``ValueError`` unless ``model`` is a decoder LM tokenreduce patches and
     ``tokenizer`` fits its vocabulary."""
@@ -117,27 +133,6 @@ def config_budget(config: str) -> tuple[str, float | None]:
     return method.kind, float(value) if ok else None
 
 
-def patched_copy(model: nn.Module, config: str) -> tuple[nn.Module, Any]:
-    """The model itself for the baseline; otherwise a patched deep copy, so that timing can
-    alternate between the two without patching inside the timed region."""
-    if config == BASELINE:
-        return model, None
-    reduced = copy.deepcopy(model)
-    return reduced, tokenreduce.patch(reduced, config)
-
-
-def _stepper(progress: Progress | None, total: int) -> Callable[[], None]:
-    done = 0
-
-    def step() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
-    return step
-
-
 def _pct(part: float, whole: float) -> float | None:
     return 100.0 * part / whole if whole else None
 
@@ -177,8 +172,7 @@ class LongContextTask(Task):
         Column("accuracy_delta", "Δ accuracy", "+.1f", True),
         Column("solved_kept", "kept % (solved)", ".1f", True),
         Column("accuracy_by_context", "accuracy % per context", "s"),
-        Column("kv_mb", "KV MiB", ".2f", False),
-        Column("kv_ratio", "KV ×base", ".3f", False),
+        *KV_COLUMNS,
         Column("peak_mem_mb", "peak MiB (tensors)", ".1f", False),
         Column("ttft_s", "TTFT s", ".2f", False),
         Column("ttft_speedup", "TTFT speedup ×", ".2f", True),
@@ -188,13 +182,7 @@ class LongContextTask(Task):
     )
     plots = (
         Plot("ttft_speedup", "accuracy", "time-to-first-token speedup (paired, ×)", "accuracy (%)"),
-        Plot(
-            "kv_ratio",
-            "accuracy",
-            "KV-cache bytes after prefill (fraction of the full cache)",
-            "accuracy (%)",
-            x_higher_is_better=False,
-        ),
+        kv_plot("accuracy", "accuracy (%)"),
     )
 
     def __init__(
@@ -211,16 +199,14 @@ class LongContextTask(Task):
         max_new_tokens: int = 8,
         decode_tokens: int = 16,
     ) -> None:
-        for label_, value, low in (
+        check_ints(
             ("batch_size", batch_size, 1),
             ("threads", threads, 1),
             ("repeats", repeats, 1),
             ("warmup", warmup, 0),
             ("max_new_tokens", max_new_tokens, 1),
             ("decode_tokens", decode_tokens, 1),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{label_} must be an integer >= {low}, got {value!r}")
+        )
         if not samples or not all(samples.values()):
             raise ValueError("no samples: give at least one context length with samples")
         self.tokenizer = tokenizer
@@ -286,10 +272,6 @@ class LongContextTask(Task):
         return list(tok(text + sample.answer_prefix, add_special_tokens=False).input_ids)
 
     @property
-    def data_id(self) -> str:
-        return self._data_id
-
-    @property
     def setting(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size,
@@ -313,17 +295,9 @@ class LongContextTask(Task):
         check_length(model, max(len(p.ids) for p in self.prompts) + self.max_new_tokens)
 
     # -- measurement ---------------------------------------------------------------------------
-    def measure(
-        self,
-        model: nn.Module,
-        config: str,
-        baseline: dict[str, Any] | None,
-        progress: Progress | None = None,
-    ) -> dict[str, Any]:
-        step = _stepper(progress, self.steps(config))
+    def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
         kind, ratio = config_budget(config)
-        reduced, handle = patched_copy(model, config)
-        try:
+        with reduced_model(model, config) as (reduced, _):
             answers, kv_by_context, peak = [], {c: 0 for c in self.contexts}, None
             longest = self.contexts[-1]
             for batch in self._batches():
@@ -335,9 +309,6 @@ class LongContextTask(Task):
                 step()
             timing = self._time(model, reduced, config == BASELINE)
             step()
-        finally:
-            if handle is not None:
-                handle.remove()
         correct = [p.sample.is_correct(t) for p, t in zip(self.prompts, answers, strict=True)]
         return self._metrics(
             config, kind, ratio, correct, answers, kv_by_context, peak, timing, baseline
@@ -458,9 +429,9 @@ class LongContextTask(Task):
             "kv_bytes": kv,
             "kv_bytes_per_context": {str(c): b for c, b in kv_by_context.items()},
             "kv_mb": kv_by_context[longest] / per_longest / 2**20,
-            "kv_ratio": kv / base_kv if base_kv else None,
+            "kv_ratio": fraction(kv, base_kv),
             "peak_mem_mb": peak,
-            "mem_ratio": peak / base_peak if peak and base_peak else None,
+            "mem_ratio": fraction(peak, base_peak) if peak else None,
             **timing,
             "repeats": self.repeats,
             "warmup": self.warmup,
@@ -595,9 +566,11 @@ __all__ = [
     "NeedleInAHaystack",
     "PrefillCache",
     "VariableTracking",
+    "KV_COLUMNS",
     "check_length",
     "check_lm",
     "config_budget",
+    "kv_plot",
     "left_pad",
     "prefill_and_decode",
 ]

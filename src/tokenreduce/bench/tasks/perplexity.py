@@ -21,12 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import tokenreduce
-
 from ... import lmtasks
 from ..configs import BASELINE
-from . import Column, Options, Plot, Progress, Task, register
-from .longcontext import DEFAULT_CONTEXTS, QUICK_CONTEXT, check_length, check_lm, config_budget
+from ..measure import Steps, check_ints, fraction, reduced_model
+from . import Column, Metrics, Options, Task, register
+from .longcontext import (
+    DEFAULT_CONTEXTS,
+    KV_COLUMNS,
+    QUICK_CONTEXT,
+    check_length,
+    check_lm,
+    config_budget,
+    kv_plot,
+)
 
 
 def prose_chunks(
@@ -73,18 +80,9 @@ class Perplexity(Task):
         Column("ppl_ratio", "ppl ×base", ".3f", False),
         Column("nll_delta", "Δ NLL (nats)", "+.4f", False),
         Column("ppl_by_context", "perplexity per context", "s"),
-        Column("kv_mb", "KV MiB", ".2f", False),
-        Column("kv_ratio", "KV ×base", ".3f", False),
+        *KV_COLUMNS,
     )
-    plots = (
-        Plot(
-            "kv_ratio",
-            "ppl_kept",
-            "KV-cache bytes after prefill (fraction of the full cache)",
-            "baseline perplexity / perplexity (%)",
-            x_higher_is_better=False,
-        ),
-    )
+    plots = (kv_plot("ppl_kept", "baseline perplexity / perplexity (%)"),)
 
     def __init__(
         self,
@@ -97,13 +95,11 @@ class Perplexity(Task):
         batch_size: int = 1,
         threads: int = 1,
     ) -> None:
-        for label_, value in (
-            ("continuation", continuation),
-            ("batch_size", batch_size),
-            ("threads", threads),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{label_} must be an integer >= 1, got {value!r}")
+        check_ints(
+            ("continuation", continuation, 1),
+            ("batch_size", batch_size, 1),
+            ("threads", threads, 1),
+        )
         if not chunks or not all(chunks.values()):
             raise ValueError("no chunks: give at least one context length with prose")
         for ctx, rows in chunks.items():
@@ -154,14 +150,6 @@ class Perplexity(Task):
             threads=options.threads,
         )
 
-    @property
-    def data_id(self) -> str:
-        return self._data_id
-
-    @property
-    def setting(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "threads": self.threads}
-
     def _batches(self) -> list[tuple[int, torch.Tensor]]:
         out = []
         for ctx, rows in self.chunks.items():
@@ -176,37 +164,26 @@ class Perplexity(Task):
         check_lm(model, self.tokenizer, self.name)
         check_length(model, max(self.chunks) + self.continuation)
 
-    def measure(
-        self,
-        model: nn.Module,
-        config: str,
-        baseline: dict[str, Any] | None,
-        progress: Progress | None = None,
-    ) -> dict[str, Any]:
+    def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
         from ...lm import cache_bytes, cache_kwargs, output_cache
 
         kind, ratio = config_budget(config)
-        handle = tokenreduce.patch(model, None if config == BASELINE else config)
         nll = {c: 0.0 for c in self.chunks}
         kv = {c: 0 for c in self.chunks}
-        try:
-            with torch.inference_mode():
-                for done, (ctx, ids) in enumerate(self._batches(), 1):
-                    prompt, cont = ids[:, :ctx], ids[:, ctx:]
-                    out = model(prompt, use_cache=True, logits_to_keep=1)
-                    cache = output_cache(out)
-                    kv[ctx] += cache_bytes(cache)
-                    first = out.logits[:, -1:].float()
-                    rest = model(cont[:, :-1], **cache_kwargs(model, cache), use_cache=True)
-                    rest = rest.logits
-                    logits = torch.cat([first, rest.float()], dim=1)
-                    nll[ctx] += float(
-                        F.cross_entropy(logits.flatten(0, 1), cont.flatten(), reduction="sum")
-                    )
-                    if progress is not None:
-                        progress(done, self.steps(config))
-        finally:
-            handle.remove()
+        # no timing here: the model itself is patched, not a copy
+        with reduced_model(model, config, copy_model=False), torch.inference_mode():
+            for ctx, ids in self._batches():
+                prompt, cont = ids[:, :ctx], ids[:, ctx:]
+                out = model(prompt, use_cache=True, logits_to_keep=1)
+                cache = output_cache(out)
+                kv[ctx] += cache_bytes(cache)
+                first = out.logits[:, -1:].float()
+                rest = model(cont[:, :-1], **cache_kwargs(model, cache), use_cache=True)
+                logits = torch.cat([first, rest.logits.float()], dim=1)
+                nll[ctx] += float(
+                    F.cross_entropy(logits.flatten(0, 1), cont.flatten(), reduction="sum")
+                )
+                step()
         tokens = {c: len(rows) * self.continuation for c, rows in self.chunks.items()}
         mean_nll = sum(nll.values()) / sum(tokens.values())
         ppl = math.exp(mean_nll)
@@ -229,7 +206,7 @@ class Perplexity(Task):
             "tokens_scored": sum(tokens.values()),
             "kv_bytes": total_kv,
             "kv_mb": kv[longest] / len(self.chunks[longest]) / 2**20,
-            "kv_ratio": total_kv / base_kv if base_kv else None,
+            "kv_ratio": fraction(total_kv, base_kv),
         }
 
     @classmethod
