@@ -32,8 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import blocks, final_norm
-from .api import describe, handle_of, patch
+from .api import Handle, describe, handle_of, patch
 from .core.reduction import scatter_back
+from .core.state import TokenState
 
 
 @dataclass
@@ -82,37 +83,10 @@ def dense_features(model: nn.Module, x: Tensor) -> DenseFeatures:
     if handle is None:
         with patch(model, None):
             return dense_features(model, x)
-    # (hidden states, source map) before the first block and after every block
-    records: list[tuple[Tensor, Tensor]] = []
-
-    def before_first(_module, args, kwargs):
-        h = args[0] if args else kwargs["hidden_states"]
-        b, n = h.shape[:2]
-        records.append((h, torch.arange(n, device=h.device).expand(b, n)))
-
-    def after(_module, _args, output):
-        h = output[0] if isinstance(output, tuple) else output
-        records.append((h, handle.state.source))
-
-    hooks = [layers[0].register_forward_pre_hook(before_first, with_kwargs=True)]
-    hooks += [blk.register_forward_hook(after) for blk in layers]
-    try:
-        model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    records = _run_recording(model, x, layers, handle)
     state, info = handle.state, handle.info
     final = norm(records[-1][0])
-    dense, missing = state.unmerge(final)
-    pruned = missing.clone()
-    for hidden, source in reversed(records[:-1]):
-        if not bool(missing.any()):
-            break
-        here = missing & (source >= 0)  # dropped later, still present at this point
-        if bool(here.any()):
-            values, _ = scatter_back(norm(hidden), source)
-            dense = torch.where(here[..., None], values, dense)
-            missing = missing & ~here
+    dense, pruned = _fill_patches(final, records[:-1], state, norm)
     p = info.num_prefix
     if info.has_class_token:
         pooled = final[:, 0]
@@ -134,3 +108,51 @@ def dense_features(model: nn.Module, x: Tensor) -> DenseFeatures:
         gflops=handle.gflops(),
         mean_tokens=sum(tokens) / len(tokens),
     )
+
+
+def _run_recording(
+    model: nn.Module, x: Tensor, layers: list[nn.Module], handle: Handle
+) -> list[tuple[Tensor, Tensor]]:
+    """Run ``model`` (patched, ``handle``) on ``x`` and return (hidden states (B, N, C),
+    source map (B, N0)) before the first block and after every block, in order."""
+    records: list[tuple[Tensor, Tensor]] = []
+
+    def before_first(_module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        b, n = h.shape[:2]
+        records.append((h, torch.arange(n, device=h.device).expand(b, n)))
+
+    def after(_module, _args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        records.append((h, handle.state.source))
+
+    hooks = [layers[0].register_forward_pre_hook(before_first, with_kwargs=True)]
+    hooks += [blk.register_forward_hook(after) for blk in layers]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return records
+
+
+def _fill_patches(
+    final: Tensor, earlier: list[tuple[Tensor, Tensor]], state: TokenState, norm: nn.Module
+) -> tuple[Tensor, Tensor]:
+    """One feature per original token (B, N0, C) and the mask (B, N0) of dropped ones.
+
+    ``final`` (B, N, C) is the normed last output; kept and merged tokens take it through
+    ``state.unmerge``. A dropped token takes its last hidden state in ``earlier`` (the
+    records before the last block's output), through ``norm``.
+    """
+    dense, missing = state.unmerge(final)
+    pruned = missing.clone()
+    for hidden, source in reversed(earlier):
+        if not bool(missing.any()):
+            break
+        here = missing & (source >= 0)  # dropped later, still present at this point
+        if bool(here.any()):
+            values, _ = scatter_back(norm(hidden), source)
+            dense = torch.where(here[..., None], values, dense)
+            missing = missing & ~here
+    return dense, pruned

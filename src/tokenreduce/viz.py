@@ -137,8 +137,29 @@ def token_map(
         raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
     labels = patch_groups(state, grid, num_prefix, sample)
     rgb = to_rgb_array(image)
-    gh, gw = labels.shape
-    h, w = rgb.shape[:2]
+    _check_image_size(rgb.shape[:2], labels.shape, patch_size)
+    if scale > 1:
+        rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
+    lab = _pixel_labels(labels, rgb.shape[:2])
+    out = rgb.astype(np.float32)
+    _grey_dropped(out, lab, labels.shape)
+    merged = lab > KEPT
+    if merged.any():
+        colors = group_colors(int(labels.max())).astype(np.float32)
+        out[merged] = (1 - alpha) * out[merged] + alpha * colors[lab[merged] - 1]
+    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    if borders and merged.any():
+        out[_border_mask(lab)] = _BORDER
+    return Image.fromarray(out, "RGB")
+
+
+def _check_image_size(
+    size: tuple[int, int], grid: tuple[int, int], patch_size: int | tuple[int, int] | None
+) -> None:
+    """Raise ValueError unless an image of ``size`` (h, w) pixels can show the patch ``grid``:
+    at least one pixel per patch, and exactly ``grid * patch_size`` pixels when a patch size
+    is given."""
+    (h, w), (gh, gw) = size, grid
     if patch_size is not None:
         ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
         if (h, w) != (gh * ph, gw * pw):
@@ -148,29 +169,28 @@ def token_map(
             )
     if h < gh or w < gw:
         raise ValueError(f"image is {h}x{w} pixels, smaller than the {gh}x{gw} patch grid")
-    if scale > 1:
-        rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
-        h, w = h * scale, w * scale
-    # Patch of each pixel: proportional, so any display size works.
-    lab = labels[(np.arange(h) * gh) // h][:, (np.arange(w) * gw) // w]
 
-    out = rgb.astype(np.float32)
+
+def _pixel_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The patch label of every pixel of an image of ``size`` (h, w): patches are placed
+    proportionally, so any display size works."""
+    (h, w), (gh, gw) = size, labels.shape
+    return labels[(np.arange(h) * gh) // h][:, (np.arange(w) * gw) // w]
+
+
+def _grey_dropped(out: np.ndarray, lab: np.ndarray, grid: tuple[int, int]) -> None:
+    """Grey out, darken and hatch the pixels of dropped patches in ``out`` (h, w, 3) float, in
+    place; ``lab`` (h, w) is the pixel labels, ``grid`` the patch grid."""
     dropped = lab == DROPPED
-    if dropped.any():
-        lum = out[dropped] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        out[dropped] = (lum * _DROP_GAIN + _DROP_FLOOR)[:, None]
-        # Faint diagonal hatching keeps dropped patches apart from kept dark ones.
-        period = max(3, round(min(h / gh, w / gw) / 4))
-        hatch = ((np.arange(h)[:, None] + np.arange(w)[None, :]) % period == 0) & dropped
-        out[hatch] += _HATCH
-    merged = lab > KEPT
-    if merged.any():
-        colors = group_colors(int(labels.max())).astype(np.float32)
-        out[merged] = (1 - alpha) * out[merged] + alpha * colors[lab[merged] - 1]
-    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
-    if borders and merged.any():
-        out[_border_mask(lab)] = _BORDER
-    return Image.fromarray(out, "RGB")
+    if not dropped.any():
+        return
+    (h, w), (gh, gw) = lab.shape, grid
+    lum = out[dropped] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    out[dropped] = (lum * _DROP_GAIN + _DROP_FLOOR)[:, None]
+    # Faint diagonal hatching keeps dropped patches apart from kept dark ones.
+    period = max(3, round(min(h / gh, w / gw) / 4))
+    hatch = ((np.arange(h)[:, None] + np.arange(w)[None, :]) % period == 0) & dropped
+    out[hatch] += _HATCH
 
 
 def _border_mask(lab: np.ndarray) -> np.ndarray:
