@@ -31,6 +31,7 @@ import copy
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -210,6 +211,62 @@ def make_optimizer(model: nn.Module, wd: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, betas=(0.9, 0.999))
 
 
+@dataclass
+class _Phase:
+    """What one training phase needs to log, evaluate and save its checkpoints."""
+
+    args: argparse.Namespace
+    log: Log
+    arch: dict
+    name: str  # "low" or "high", in log lines and checkpoint names
+    size: int  # input side in pixels
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass
+class _Schedule:
+    """Step counts of one phase."""
+
+    steps_per_epoch: int
+    total: int
+    warmup: int
+    ckpt_every: int
+
+    def checkpoint_due(self, step: int) -> bool:
+        return step % self.ckpt_every == 0 or self.epoch_done(step)
+
+    def epoch_done(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0 or step == self.total
+
+
+@dataclass
+class _Running:
+    """Training loss and top-1 since the last checkpoint."""
+
+    loss_sum: float = 0.0
+    seen: int = 0
+    correct: int = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss.item() * len(y)
+        self.seen += len(y)
+        self.correct += (logits.argmax(-1) == y).sum().item()
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(1, self.seen)
+
+
+def _schedule(args: argparse.Namespace, n: int, epochs: float, warmup_epochs: float) -> _Schedule:
+    steps_per_epoch = n // args.batch_size
+    total = max(1, round(epochs * steps_per_epoch))
+    warmup = min(total - 1, round(warmup_epochs * steps_per_epoch)) if total > 1 else 0
+    # At least four checkpoints per phase, so a short phase still leaves usable progress.
+    ckpt_every = max(1, min(steps_per_epoch // args.checkpoints_per_epoch, -(-total // 4)))
+    return _Schedule(steps_per_epoch, total, warmup, ckpt_every)
+
+
 def run_phase(
     args: argparse.Namespace,
     log: Log,
@@ -225,84 +282,113 @@ def run_phase(
 ) -> int:
     """Train one phase; returns the epoch counter after it."""
     train_x, train_y, test_x, test_y = data
-    n = len(train_x)
-    steps_per_epoch = n // args.batch_size
-    total = max(1, round(epochs * steps_per_epoch))
-    warmup = min(total - 1, round(warmup_epochs * steps_per_epoch)) if total > 1 else 0
-    # At least four checkpoints per phase, so a short phase still leaves usable progress.
-    ckpt_every = max(1, min(steps_per_epoch // args.checkpoints_per_epoch, -(-total // 4)))
+    ph = _Phase(args, log, arch, phase, size, test_x, test_y)
+    plan = _schedule(args, len(train_x), epochs, warmup_epochs)
     opt = make_optimizer(model, args.weight_decay)
     crit = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     gen = torch.Generator().manual_seed(args.seed * 1000 + (size))
-    tokens = (size // arch["patch_size"]) ** 2
-    drop = float(getattr(model.patch_drop, "prob", 0.0))
-    log(
-        f"phase {phase}: {size}x{size} input, {tokens} patch tokens ({int(tokens * (1 - drop))} "
-        f"kept per image while training) + class token, {total} steps ({epochs} epochs), "
-        f"peak lr {peak}"
-    )
+    _log_phase_start(ph, model, plan.total, epochs, peak)
     model.train()
     ema = copy.deepcopy(model).eval() if args.ema > 0 else None
     step, epoch, t_phase = 0, start_epoch, time.time()
-    loss_sum, seen, correct = 0.0, 0, 0
-    while step < total:
-        perm = torch.randperm(n, generator=gen)
-        for b in range(steps_per_epoch):
-            if step >= total:
+    running = _Running()
+    while step < plan.total:
+        perm = torch.randperm(len(train_x), generator=gen)
+        for b in range(plan.steps_per_epoch):
+            if step >= plan.total:
                 break
             idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
             imgs = augment(train_x[idx].unsqueeze(1), args.shift, not args.no_flip, gen).squeeze(1)
             x, y = to_input(imgs, size).to(args.device), train_y[idx].to(args.device)
-            lr = lr_at(step, total, warmup, peak, args.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            logits = model(x)
-            loss = crit(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            lr = lr_at(step, plan.total, plan.warmup, peak, args.min_lr)
+            logits, loss = _train_step(model, opt, crit, x, y, lr)
             step += 1
-            if ema is not None:  # short warm-up so early averages are not dominated by the init
-                decay = min(args.ema, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
-                        pe.lerp_(p, 1.0 - decay)
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
-            correct += (logits.argmax(-1) == y).sum().item()
+            if ema is not None:
+                _update_ema(ema, model, args.ema, step)
+            running.add(loss, logits, y)
             if step % 50 == 0:
                 rate = step / (time.time() - t_phase)
                 log(
-                    f"{phase} step {step}/{total} lr {lr:.2e} loss {loss_sum / seen:.4f} "
-                    f"train-acc {100 * correct / seen:.2f} ({rate:.2f} steps/s, "
-                    f"{(total - step) / rate / 60:.1f} min left in phase)"
+                    f"{phase} step {step}/{plan.total} lr {lr:.2e} loss {running.loss:.4f} "
+                    f"train-acc {100 * running.correct / running.seen:.2f} ({rate:.2f} steps/s, "
+                    f"{(plan.total - step) / rate / 60:.1f} min left in phase)"
                 )
-            if step % ckpt_every == 0 or step % steps_per_epoch == 0 or step == total:
-                epoch_done = step % steps_per_epoch == 0 or step == total
-                tag = f"{phase}-step{step:05d}"
-                acc = evaluate(model, test_x, test_y, size, args.device)
-                note = ""
-                if ema is not None:
-                    raw, acc = acc, evaluate(ema, test_x, test_y, size, args.device)
-                    note = f", raw weights {raw:.2f}%"
-                log(
-                    f"checkpoint {tag}: test top-1 on {len(test_x)} images {acc:.2f}%{note} "
-                    f"(train loss {loss_sum / max(1, seen):.4f})"
-                )
-                keep = model if ema is None else ema
-                arch_now = {**arch, "img_size": size}
-                info = {"phase": phase, "step": step, "eval_acc": acc, "eval_images": len(test_x)}
-                fmnist_vit.save(keep, args.out / "last.safetensors", arch_now, info)
-                if epoch_done:
-                    epoch += 1
-                    fmnist_vit.save(
-                        keep, args.out / f"epoch-{epoch:02d}-{tag}.safetensors", arch_now, info
-                    )
-                loss_sum, seen, correct = 0.0, 0, 0
+            if plan.checkpoint_due(step):
+                epoch_done = plan.epoch_done(step)
+                epoch = _checkpoint(ph, model, ema, step, running, epoch, epoch_done)
+                running = _Running()
                 model.train()
     if ema is not None:  # the phase's result is the averaged model
         model.load_state_dict(ema.state_dict())
+    return epoch
+
+
+def _log_phase_start(ph: _Phase, model: nn.Module, total: int, epochs: float, peak: float) -> None:
+    tokens = (ph.size // ph.arch["patch_size"]) ** 2
+    drop = float(getattr(model.patch_drop, "prob", 0.0))
+    ph.log(
+        f"phase {ph.name}: {ph.size}x{ph.size} input, {tokens} patch tokens "
+        f"({int(tokens * (1 - drop))} kept per image while training) + class token, {total} "
+        f"steps ({epochs} epochs), peak lr {peak}"
+    )
+
+
+def _train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    crit: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step at learning rate ``lr``; returns (logits, loss) of the batch."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    logits = model(x)
+    loss = crit(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return logits, loss
+
+
+@torch.no_grad()
+def _update_ema(ema: nn.Module, model: nn.Module, max_decay: float, step: int) -> None:
+    # Short warm-up so early averages are not dominated by the init.
+    decay = min(max_decay, (1 + step) / (10 + step))
+    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(p, 1.0 - decay)
+
+
+def _checkpoint(
+    ph: _Phase,
+    model: nn.Module,
+    ema: nn.Module | None,
+    step: int,
+    running: _Running,
+    epoch: int,
+    epoch_done: bool,
+) -> int:
+    """Evaluate, log and save ``last.safetensors`` (and an epoch file when ``epoch_done``);
+    the EMA weights are the ones scored and saved when kept. Returns the epoch counter."""
+    args, tag = ph.args, f"{ph.name}-step{step:05d}"
+    acc = evaluate(model, ph.test_x, ph.test_y, ph.size, args.device)
+    note = ""
+    if ema is not None:
+        raw, acc = acc, evaluate(ema, ph.test_x, ph.test_y, ph.size, args.device)
+        note = f", raw weights {raw:.2f}%"
+    ph.log(
+        f"checkpoint {tag}: test top-1 on {len(ph.test_x)} images {acc:.2f}%{note} "
+        f"(train loss {running.loss:.4f})"
+    )
+    keep = model if ema is None else ema
+    arch_now = {**ph.arch, "img_size": ph.size}
+    info = {"phase": ph.name, "step": step, "eval_acc": acc, "eval_images": len(ph.test_x)}
+    fmnist_vit.save(keep, args.out / "last.safetensors", arch_now, info)
+    if epoch_done:
+        epoch += 1
+        fmnist_vit.save(keep, args.out / f"epoch-{epoch:02d}-{tag}.safetensors", arch_now, info)
     return epoch
 
 
