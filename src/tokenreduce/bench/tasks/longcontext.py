@@ -37,7 +37,7 @@ from torch import nn
 import tokenreduce
 
 from ... import lmtasks
-from ..configs import BASELINE
+from ..configs import BASELINE, label
 from ..measure import Steps, check_ints, fraction, reduced_model
 from ..metrics import median, paired_times, peak_memory_mb
 from . import Column, Metrics, Options, Plot, Task, register
@@ -443,67 +443,86 @@ class LongContextTask(Task):
         """The best configuration at 50% compression and whether the targets are met:
         >= 95% of the samples the full model solves kept at 50%, KV bytes within 2% of the
         compression ratio, >= 1.3x time to first token for 50% prefill pruning at 2k tokens."""
-        from ..configs import label
+        findings = (_unsolved_note, _best_at_half, _kv_bytes_finding, _ttft_finding)
+        return [line for line in (finding(rows) for finding in findings) if line is not None]
 
-        lines: list[str] = []
-        base = dict(rows).get(BASELINE)
-        if base is not None and not base.get("solved"):
-            lines.append(
-                "the full model solves no sample: accuracy kept is undefined (try shorter "
-                "contexts or a stronger model)"
-            )
-        half = [
-            (c, m)
-            for c, m in rows
-            if c != BASELINE and m.get("ratio") == 0.5 and m.get("solved_kept") is not None
-        ]
-        if half:
-            c, m = max(
-                half,
-                key=lambda cm: (cm[1]["solved_kept"], cm[1]["accuracy"], cm[1]["ttft_speedup"]),
-            )
-            met = "met" if m["solved_kept"] >= KEPT_TARGET else "missed"
-            lines.append(
-                f"best at 50% compression: {label(c)} keeps {m['solved_kept']:.1f}% of the "
-                f"{m['solved']} samples the full model solves (accuracy {m['accuracy']:.1f}%, "
-                f"{m['accuracy_delta']:+.1f}); target >= {KEPT_TARGET:.0f}%: {met}"
-            )
-        kv_rows = [
-            (c, m["kv_ratio"] / (1 - m["ratio"]) - 1)
-            for c, m in rows
-            if m.get("method_kind") == "kv_cache"
-            and m.get("ratio") is not None
-            and m.get("kv_ratio") is not None
-        ]
-        if kv_rows:
-            worst_c, worst = max(kv_rows, key=lambda ce: abs(ce[1]))
-            ok = sum(abs(e) <= KV_TOLERANCE for _, e in kv_rows)
-            met = "met" if ok == len(kv_rows) else "missed"
-            lines.append(
-                f"KV bytes after prefill within {KV_TOLERANCE:.0%} of 1 - compression ratio: "
-                f"{ok}/{len(kv_rows)} KV-cache configurations (worst {label(worst_c)}: "
-                f"{worst:+.2%}); target: {met}"
-            )
-        prefill = [
-            (c, m)
-            for c, m in rows
-            if m.get("method_kind") == "prefill"
-            and m.get("ratio") == 0.5
-            and m.get("ttft_speedup") is not None
-        ]
-        if prefill:
-            c, m = max(prefill, key=lambda cm: cm[1]["ttft_speedup"])
-            ctx = m.get("timing_context")
-            if ctx == TTFT_CONTEXT:
-                verdict = "met" if m["ttft_speedup"] >= TTFT_TARGET else "missed"
-            else:
-                verdict = f"not measured at {TTFT_CONTEXT} tokens"
-            lines.append(
-                f"prefill pruning of 50%: {label(c)} gives {m['ttft_speedup']:.2f}x time to "
-                f"first token at {ctx} tokens; target >= {TTFT_TARGET}x at {TTFT_CONTEXT}: "
-                f"{verdict}"
-            )
-        return lines
+
+def _unsolved_note(rows: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """A warning when the baseline row solves no sample (accuracy kept is then undefined)."""
+    base = dict(rows).get(BASELINE)
+    if base is None or base.get("solved"):
+        return None
+    return (
+        "the full model solves no sample: accuracy kept is undefined (try shorter "
+        "contexts or a stronger model)"
+    )
+
+
+def _best_at_half(rows: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The configuration at ratio 0.5 keeping the most solved samples, against KEPT_TARGET."""
+    half = [
+        (c, m)
+        for c, m in rows
+        if c != BASELINE and m.get("ratio") == 0.5 and m.get("solved_kept") is not None
+    ]
+    if not half:
+        return None
+    c, m = max(
+        half,
+        key=lambda cm: (cm[1]["solved_kept"], cm[1]["accuracy"], cm[1]["ttft_speedup"]),
+    )
+    met = "met" if m["solved_kept"] >= KEPT_TARGET else "missed"
+    return (
+        f"best at 50% compression: {label(c)} keeps {m['solved_kept']:.1f}% of the "
+        f"{m['solved']} samples the full model solves (accuracy {m['accuracy']:.1f}%, "
+        f"{m['accuracy_delta']:+.1f}); target >= {KEPT_TARGET:.0f}%: {met}"
+    )
+
+
+def _kv_bytes_finding(rows: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """How many KV-cache rows keep KV bytes within KV_TOLERANCE of 1 - ratio, and the worst."""
+    kv_rows = [
+        (c, m["kv_ratio"] / (1 - m["ratio"]) - 1)
+        for c, m in rows
+        if m.get("method_kind") == "kv_cache"
+        and m.get("ratio") is not None
+        and m.get("kv_ratio") is not None
+    ]
+    if not kv_rows:
+        return None
+    worst_c, worst = max(kv_rows, key=lambda ce: abs(ce[1]))
+    ok = sum(abs(e) <= KV_TOLERANCE for _, e in kv_rows)
+    met = "met" if ok == len(kv_rows) else "missed"
+    return (
+        f"KV bytes after prefill within {KV_TOLERANCE:.0%} of 1 - compression ratio: "
+        f"{ok}/{len(kv_rows)} KV-cache configurations (worst {label(worst_c)}: "
+        f"{worst:+.2%}); target: {met}"
+    )
+
+
+def _ttft_finding(rows: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The fastest 50% prefill-pruning row's time-to-first-token speedup, against
+    TTFT_TARGET (judged only when timed at TTFT_CONTEXT tokens)."""
+    prefill = [
+        (c, m)
+        for c, m in rows
+        if m.get("method_kind") == "prefill"
+        and m.get("ratio") == 0.5
+        and m.get("ttft_speedup") is not None
+    ]
+    if not prefill:
+        return None
+    c, m = max(prefill, key=lambda cm: cm[1]["ttft_speedup"])
+    ctx = m.get("timing_context")
+    if ctx == TTFT_CONTEXT:
+        verdict = "met" if m["ttft_speedup"] >= TTFT_TARGET else "missed"
+    else:
+        verdict = f"not measured at {TTFT_CONTEXT} tokens"
+    return (
+        f"prefill pruning of 50%: {label(c)} gives {m['ttft_speedup']:.2f}x time to "
+        f"first token at {ctx} tokens; target >= {TTFT_TARGET}x at {TTFT_CONTEXT}: "
+        f"{verdict}"
+    )
 
 
 def prefill_and_decode(
