@@ -52,6 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", type=str, default="cpu")
+    _add_model_args(p)
+    _add_schedule_args(p)
+    _add_data_and_mode_args(p)
+    return p.parse_args(argv)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """Architecture of a model trained from scratch."""
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--depth", type=int, default=12)
     p.add_argument("--heads", type=int, default=2)
@@ -64,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar=("C1", "C2"),
         help="add a convolutional branch with these channels to the patch embedding",
     )
+
+
+def _add_schedule_args(p: argparse.ArgumentParser) -> None:
+    """The two phases: input size, patch dropout, epochs, optimiser, averaging, augmentation."""
     p.add_argument("--low-size", type=int, default=56, help="input size of the first phase")
     p.add_argument(
         "--patch-drop", type=float, default=0.75, help="patch tokens dropped in the first phase"
@@ -92,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--shift", type=int, default=0, help="max random shift in pixels (0: off)")
     p.add_argument("--no-flip", action="store_true", help="disable horizontal flips")
+
+
+def _add_data_and_mode_args(p: argparse.ArgumentParser) -> None:
+    """Data limits, checkpoints, the starting weights, and the evaluate and timing modes."""
     p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
     p.add_argument("--eval-limit", type=int, default=1000, help="test images per epoch log")
     p.add_argument("--checkpoints-per-epoch", type=int, default=1)
@@ -109,7 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only report this checkpoint's top-1 on the 10,000 test images, then exit",
     )
     p.add_argument("--time-steps", type=int, default=0, help="only time N steps per phase")
-    return p.parse_args(argv)
 
 
 class Log:
@@ -456,6 +471,28 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(evaluate_checkpoint(args.evaluate, args.data), indent=2))
         return
     torch.manual_seed(args.seed)
+    arch, init = _architecture_and_init(args)
+    train_x, train_y = fashion_mnist("train", args.data)
+    test_x, test_y = fashion_mnist("test", args.data)
+    if args.limit:
+        train_x, train_y = train_x[: args.limit], train_y[: args.limit]
+    if args.time_steps:
+        time_steps(args, arch, train_x, train_y)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = Log(args.out / "train.log")
+    log(f"args: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    data = (train_x, train_y, test_x[: args.eval_limit], test_y[: args.eval_limit])
+    t0 = time.time()
+    model = _train(args, log, arch, init, data)
+    _save_final(args, log, model, arch, test_x, test_y, time.time() - t0)
+
+
+def _architecture_and_init(args: argparse.Namespace) -> tuple[dict, nn.Module | None]:
+    """The architecture to train and the model to start from: ``--init``'s weights and
+    metadata (with a zero-initialised conv branch added when ``--conv-stem`` asks for one),
+    else the command-line architecture and no model."""
     arch = {
         **fmnist_vit.DEFAULT_ARCH,
         "embed_dim": args.embed_dim,
@@ -472,19 +509,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.conv_stem and not arch.get("conv_stem"):  # add a branch that starts at zero
             arch["conv_stem"] = list(args.conv_stem)
             init = grow(init, arch, 56).train()
-    train_x, train_y = fashion_mnist("train", args.data)
-    test_x, test_y = fashion_mnist("test", args.data)
-    if args.limit:
-        train_x, train_y = train_x[: args.limit], train_y[: args.limit]
-    if args.time_steps:
-        time_steps(args, arch, train_x, train_y)
-        return
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = Log(args.out / "train.log")
-    log(f"args: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
-    log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
-    data = (train_x, train_y, test_x[: args.eval_limit], test_y[: args.eval_limit])
-    t0 = time.time()
+    return arch, init
+
+
+def _train(
+    args: argparse.Namespace, log: Log, arch: dict, init: nn.Module | None, data: tuple
+) -> nn.Module:
+    """Run the low phase (when it has epochs), then the 56x56 phase; returns the model."""
     epoch = 0
     if args.low_epochs > 0:
         drop = {"patch_drop_rate": args.patch_drop}
@@ -506,7 +537,20 @@ def main(argv: list[str] | None = None) -> None:
         peak, warm = args.lr, args.warmup
     if args.high_epochs > 0:
         run_phase(args, log, model, arch, "high", 56, args.high_epochs, peak, warm, data, epoch)
-    train_s = time.time() - t0
+    return model
+
+
+def _save_final(
+    args: argparse.Namespace,
+    log: Log,
+    model: nn.Module,
+    arch: dict,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    train_s: float,
+) -> None:
+    """Score ``model`` on the whole test set; write ``final.safetensors`` and
+    ``summary.json``."""
     acc = evaluate(model, test_x, test_y, 56, args.device)
     final = args.out / "final.safetensors"
     summary = {"test_top1": acc, "test_images": len(test_x), "train_seconds": round(train_s, 1)}
