@@ -1,5 +1,6 @@
 """Shared fixtures: tiny timm ViTs of every supported layout and tiny randomly initialised
-Hugging Face vision transformers, built in milliseconds."""
+Hugging Face vision transformers, built in milliseconds; a tiny Llama and a left-padded batch
+for the language-model tests (``lmutil.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import pytest
 import torch
 
 import tokenreduce
+
+from .lmutil import padded_batch, tiny_lm
 
 timm = pytest.importorskip("timm")
 
@@ -92,3 +95,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def llama() -> torch.nn.Module:
+    """A random 2-layer Llama (``lmutil.tiny_lm``), one per test module."""
+    return tiny_lm("llama", layers=2)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three prompts left-padded to ``lmutil.PROMPT`` tokens: (input_ids, attention_mask)."""
+    return padded_batch()

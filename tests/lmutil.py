@@ -1,9 +1,13 @@
 """Helpers for the language-model tests: tiny random decoders, an offline byte-level
-tokenizer, a left-padded batch, greedy generation with its scores."""
+tokenizer, a left-padded batch, greedy generation with its scores, a cache method sized for
+them, the decoder as a budget sees it, and the lengths of a cache's layers."""
 
 from __future__ import annotations
 
 import torch
+
+from tokenreduce import methods
+from tokenreduce.core.context import ModelInfo
 
 PROMPT = 40  # tokens of the longest prompt in :func:`padded_batch`
 
@@ -83,3 +87,18 @@ def generate(model, ids, mask=None, steps: int = 6) -> tuple[torch.Tensor, torch
         pad_token_id=0, output_scores=True, return_dict_in_generate=True,
     )  # fmt: skip
     return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, dim=1)
+
+
+def make(name: str, **kw) -> methods.Method:
+    """The method with its test-sized parameters (``test_params``), then ``kw``."""
+    return methods.get(name).for_tests(**kw)
+
+
+def info(num_layers: int) -> ModelInfo:
+    """A decoder of ``num_layers`` layers, as a method's budget sees it."""
+    return ModelInfo("test", num_layers=num_layers, num_prefix=0, has_class_token=False, grid=None)
+
+
+def cache_lengths(cache) -> list[int]:
+    """Entries each layer of a transformers cache holds."""
+    return [layer.keys.shape[2] for layer in cache.layers]

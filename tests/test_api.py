@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import tokenreduce
 from tokenreduce import methods
@@ -53,66 +52,6 @@ def test_spec_parsing():
 def test_unsupported_model_names_the_class_and_the_families():
     with pytest.raises(TypeError, match=r"cannot patch a torch\.nn\.modules\.linear\.Linear; supported model families: timm VisionTransformer"):
         tokenreduce.patch(torch.nn.Linear(2, 2), "tome")
-
-
-def test_tome_schedule_longer_than_the_model():
-    with pytest.raises(InvalidParameter, match="schedule has 6 entries but the model has 4 blocks"):
-        tokenreduce.patch(make_vit(), "tome:schedule=[1,1,1,1,1,1]")
-
-
-def test_r_larger_than_possible_is_clamped_to_half():
-    model = make_vit()
-    with torch.inference_mode(), tokenreduce.patch(model, "tome:r=1000") as handle:
-        model(images())
-    # 65 tokens, 1 protected: each block merges at most half of the unprotected ones.
-    assert handle.trace.attn_tokens == [65, 33, 17, 9]
-    assert handle.trace.mlp_tokens == [33, 17, 9, 5]
-
-
-@pytest.mark.parametrize("name", [n for n in methods.available() if methods.get(n).kind == "tokens"])
-def test_fast_attention_path_stays_on(name, monkeypatch):
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("attn_mask"))
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
-    model = make_vit()
-    spec = f"{name}:layers=[1,2]" if name != "tome" else "tome:r=8"
-    with torch.inference_mode(), tokenreduce.patch(model, spec):
-        model(images())
-    assert len(calls) == 4  # one fused attention call per block
-
-
-def test_proportional_attention_adds_log_size_bias(monkeypatch):
-    masks = []
-    sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention",
-                        lambda *a, **k: masks.append(k.get("attn_mask")) or sdpa(*a, **k))
-    model = make_vit()
-    with torch.inference_mode(), tokenreduce.patch(model, "tome:r=8") as handle:
-        model(images())
-    assert masks[0] is None  # nothing merged before the first block
-    assert masks[1] is not None and masks[1].shape[-1] == handle.trace.attn_tokens[1]
-    masks.clear()
-    with torch.inference_mode(), tokenreduce.patch(model, "tome:r=8,prop_attn=false"):
-        model(images())
-    assert all(m is None for m in masks)
-
-
-def test_average_pool_weights_tokens_by_size():
-    model = make_vit("avgpool")
-    feats = {}
-    model.fc_norm.register_forward_hook(lambda m, i, o: feats.__setitem__("pooled", i[0]))
-    model.norm.register_forward_hook(lambda m, i, o: feats.__setitem__("tokens", o))
-    with torch.inference_mode(), tokenreduce.patch(model, "tome:r=8") as handle:
-        model(images())
-        size = handle.state.size
-    expected = (feats["tokens"] * size[..., None]).sum(1) / size.sum(1, keepdim=True)
-    torch.testing.assert_close(feats["pooled"], expected)
-    assert not torch.allclose(feats["pooled"], feats["tokens"].mean(1))
 
 
 def test_handle_reports_flops_and_repr():

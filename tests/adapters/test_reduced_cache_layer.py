@@ -14,7 +14,7 @@ import tokenreduce
 from tokenreduce.adapters.hf_decoder import ReducedLayer, cache_kwargs, output_cache
 from tokenreduce.methods.snapkv import SnapKV
 
-from .lmutil import tiny_lm
+from ..lmutil import tiny_lm
 
 pytest.importorskip("transformers")
 

@@ -17,8 +17,11 @@ import tokenreduce
 from tokenreduce import assets
 from tokenreduce.core import TokenState
 from tokenreduce.data import fashion_mnist, preprocess
+from tokenreduce.methods import InvalidParameter
 
-from .tome_ref import reference_bipartite
+from ..conftest import images as random_images
+from ..conftest import make_vit
+from ..tome_ref import reference_bipartite
 
 N_IMAGES = 32
 
@@ -83,3 +86,34 @@ def test_original_order_is_an_option_and_differs(model, images):
     with pytest.raises(tokenreduce.methods.InvalidParameter,
                        match="tome: order='sorted' is invalid; allowed: 'reference' or 'original'"):
         tokenreduce.methods.build("tome:order=sorted")
+
+
+# -- on the tiny random ViT: the schedule, the cap on r, proportional attention -------------
+def test_tome_schedule_longer_than_the_model():
+    with pytest.raises(InvalidParameter, match="schedule has 6 entries but the model has 4 blocks"):
+        tokenreduce.patch(make_vit(), "tome:schedule=[1,1,1,1,1,1]")
+
+
+def test_r_larger_than_possible_is_clamped_to_half():
+    model = make_vit()
+    with torch.inference_mode(), tokenreduce.patch(model, "tome:r=1000") as handle:
+        model(random_images())
+    # 65 tokens, 1 protected: each block merges at most half of the unprotected ones.
+    assert handle.trace.attn_tokens == [65, 33, 17, 9]
+    assert handle.trace.mlp_tokens == [33, 17, 9, 5]
+
+
+def test_proportional_attention_adds_log_size_bias(monkeypatch):
+    masks = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, **k: masks.append(k.get("attn_mask")) or sdpa(*a, **k))
+    model = make_vit()
+    with torch.inference_mode(), tokenreduce.patch(model, "tome:r=8") as handle:
+        model(random_images())
+    assert masks[0] is None  # nothing merged before the first block
+    assert masks[1] is not None and masks[1].shape[-1] == handle.trace.attn_tokens[1]
+    masks.clear()
+    with torch.inference_mode(), tokenreduce.patch(model, "tome:r=8,prop_attn=false"):
+        model(random_images())
+    assert all(m is None for m in masks)

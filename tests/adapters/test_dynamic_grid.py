@@ -17,7 +17,7 @@ import tokenreduce
 from tokenreduce.dense import dense_features
 from tokenreduce.viz import patch_groups, visualize
 
-from .conftest import TINY, make_hf
+from ..conftest import TINY, make_hf
 
 timm = pytest.importorskip("timm")
 

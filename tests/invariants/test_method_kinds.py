@@ -19,7 +19,7 @@ from tokenreduce.core.context import ModelInfo
 from tokenreduce.core.reducers import topk_prune
 from tokenreduce.methods.base import _REGISTRY, InvalidParameter, Range
 
-from .conftest import make_vit
+from ..conftest import make_vit
 
 KINDS = (methods.TokenMethod, methods.KVCacheMethod, methods.PrefillMethod)
 ALL = methods.available()

@@ -13,15 +13,10 @@ import tokenreduce
 from tokenreduce import ReductionNotApplied, methods
 from tokenreduce.adapters.hf_decoder import cache_kwargs, find_cache, output_cache
 
-from .lmutil import tiny_lm
+from ..lmutil import tiny_lm
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_lm("llama", layers=2)
 
 
 def _prompt(n: int, seed: int = 3) -> torch.Tensor:
@@ -118,8 +113,7 @@ def test_sliding_layers_batched_equals_per_sample(name):
             layer.self_attn.k_norm.weight.normal_(
                 0.0, 0.5, generator=torch.Generator().manual_seed(2)
             )
-    small = {"snapkv": "window_size=4", "streamingllm": "n_sink=2", "knorm": ""}[name]
-    spec = f"{name}:{small + ',' if small else ''}compression_ratio=0.5"
+    spec = methods.get(name).for_tests(compression_ratio=0.5)  # windows sized by test_params
     long, short = _prompt(20, seed=5), _prompt(12, seed=6)
     ids = torch.cat([long, torch.cat([torch.zeros(1, 8, dtype=torch.long), short], 1)])
     mask = (torch.arange(20) >= torch.tensor([[0], [8]])).long()

@@ -1,7 +1,7 @@
 """The Hugging Face vision adapter: what the shared invariant suite does not cover.
 
-(The shared suite in ``test_invariants.py`` already runs every token method over tiny
-Hugging Face ViT, DINOv2, CLIP and SigLIP models.)
+(The shared suite in ``tests/invariants/test_token_methods.py`` already runs every token method
+over tiny Hugging Face ViT, DINOv2, CLIP and SigLIP models.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import tokenreduce
 from tokenreduce.core.state import TokenState
 
-from .conftest import HF_TINY, images, make_hf, run
+from ..conftest import HF_TINY, images, make_hf, run
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,13 +12,14 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import tokenreduce
 from tokenreduce import methods
 from tokenreduce.core.state import TokenState
 
-from .conftest import HF_VARIANTS, TINY, VIT_VARIANTS, images, make_vit, num_prefix, run
-from .test_pooling_heads import MAP_TAKES_MASK
+from ..adapters.test_pooling_heads import MAP_TAKES_MASK
+from ..conftest import HF_VARIANTS, TINY, VIT_VARIANTS, images, make_vit, num_prefix, run
 
 TOKEN_METHODS = [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
 
@@ -42,7 +43,7 @@ def name(request) -> str:
     return request.param
 
 
-# "map" where timm supports it (>= 1.0.16; older timm refuses it, see test_pooling_heads.py)
+# "map" where timm supports it (>= 1.0.16; older timm refuses it, see tests/adapters/test_pooling_heads.py)
 @pytest.fixture(params=[*VIT_VARIANTS, *(["map"] if MAP_TAKES_MASK else []), *HF_VARIANTS])
 def vit(request) -> torch.nn.Module:
     """The shared layouts, plus a timm ViT without class token pooled by an attention head
@@ -191,3 +192,19 @@ def test_layer_outside_the_model_is_an_error(layered):
 def test_spec_round_trip(name):
     method = build(name)
     assert methods.build(methods.describe(method)) == method
+
+
+def test_fast_attention_path_stays_on(name, monkeypatch):
+    """Every reduction keeps the fused attention call: one per block."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    model = make_vit()
+    with torch.inference_mode(), tokenreduce.patch(model, build(name)):
+        model(images())
+    assert len(calls) == 4  # one fused attention call per block

@@ -17,7 +17,7 @@ from torch import nn
 import tokenreduce
 from tokenreduce.adapters.timm_vit import POOLS
 
-from .conftest import HF_TINY, TINY, run
+from ..conftest import HF_TINY, TINY, images, make_vit, run
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -200,3 +200,16 @@ def test_head_that_cannot_weigh_sizes_is_refused_at_patch_time(build, match):
         tokenreduce.patch(model, "tome:r=4")
     assert tokenreduce.handle_of(model) is None
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_average_pool_weights_tokens_by_size():
+    model = make_vit("avgpool")
+    feats = {}
+    model.fc_norm.register_forward_hook(lambda m, i, o: feats.__setitem__("pooled", i[0]))
+    model.norm.register_forward_hook(lambda m, i, o: feats.__setitem__("tokens", o))
+    with torch.inference_mode(), tokenreduce.patch(model, "tome:r=8") as handle:
+        model(images())
+        size = handle.state.size
+    expected = (feats["tokens"] * size[..., None]).sum(1) / size.sum(1, keepdim=True)
+    torch.testing.assert_close(feats["pooled"], expected)
+    assert not torch.allclose(feats["pooled"], feats["tokens"].mean(1))

@@ -1,6 +1,6 @@
 """Never silent, on every vision adapter: a patched model whose sites do not run in a forward
 raises :class:`tokenreduce.ReductionNotApplied` instead of returning the unreduced output.
-(The decoder adapter's own cases are in ``test_lm_drift.py``.)"""
+(The decoder adapter's own cases are in ``tests/adapters/test_lm_drift.py``.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import tokenreduce
 from tokenreduce import ReductionNotApplied
 
-from .conftest import HF_VARIANTS, VIT_VARIANTS, images, make_hf, make_vit, run
+from ..conftest import HF_VARIANTS, VIT_VARIANTS, images, make_hf, make_vit, run
 
 
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

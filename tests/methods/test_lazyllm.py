@@ -1,8 +1,9 @@
 """LazyLLM on tiny decoder LMs: several sites, revival of pruned tokens, batches, families.
 
 The shared invariants (identity, exact budget, batched == per-sample on a 2-layer model) run
-in ``test_lm_invariants.py``; this file covers what needs deeper models: progressive sites,
-tokens coming back at a later site with the state they left with, and the auxiliary cache.
+in ``tests/invariants/test_cache_methods.py``; this file covers what needs deeper models:
+progressive sites, tokens coming back at a later site with the state they left with, and the
+auxiliary cache.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from tokenreduce.adapters.hf_decoder import cache_kwargs, output_cache
 from tokenreduce.methods import InvalidParameter, build
 from tokenreduce.methods.lazyllm import LazyLLM
 
-from .lmutil import PROMPT as N
-from .lmutil import generate, padded_batch, tiny_lm
-from .test_lm_invariants import info
+from ..lmutil import PROMPT as N
+from ..lmutil import generate, info, tiny_lm
 
 pytest.importorskip("transformers")
 
@@ -29,11 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 @pytest.fixture(scope="module")
 def llama():
     return tiny_lm("llama", layers=4)
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return padded_batch()
 
 
 def _times(handle, cache, layer: int) -> set[int]:

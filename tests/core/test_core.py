@@ -23,7 +23,7 @@ from tokenreduce.core import (
     topk_prune,
 )
 
-from .tome_ref import reference_bipartite
+from ..tome_ref import reference_bipartite
 
 
 @pytest.mark.parametrize("order", ["reference", "original"])
