@@ -77,6 +77,20 @@ def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return output(model(x))
 
 
+def record_sdpa_masks(monkeypatch) -> list:
+    """Route ``F.scaled_dot_product_attention`` through a recorder for the rest of the test and
+    return the list that receives each fused call's ``attn_mask`` (None where it had none)."""
+    masks: list = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    return masks
+
+
 def num_prefix(model: torch.nn.Module) -> int:
     """Leading protected tokens (class, distillation, registers) as the adapter sees them."""
     return tokenreduce.describe(model).num_prefix

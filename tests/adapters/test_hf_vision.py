@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import tokenreduce
 from tokenreduce.core.state import TokenState
 
-from ..conftest import HF_TINY, images, make_hf, run
+from ..conftest import HF_TINY, images, make_hf, record_sdpa_masks, run
 
 transformers = pytest.importorskip("transformers")
 
@@ -87,14 +86,7 @@ def test_registers_are_protected():
 def test_sdpa_is_kept(variant, monkeypatch):
     model = make_hf(variant)
     assert model.config._attn_implementation == "sdpa"
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("attn_mask"))
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    calls = record_sdpa_masks(monkeypatch)
     with tokenreduce.patch(model, "tome:r=8,prop_attn=true"):
         run(model, images())
     assert len(calls) == 4 + (variant == "hf_siglip")  # SigLIP's pooling head uses SDPA too

@@ -12,14 +12,22 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import tokenreduce
 from tokenreduce import methods
 from tokenreduce.core.state import TokenState
 
 from ..adapters.test_pooling_heads import MAP_TAKES_MASK
-from ..conftest import HF_VARIANTS, TINY, VIT_VARIANTS, images, make_vit, num_prefix, run
+from ..conftest import (
+    HF_VARIANTS,
+    TINY,
+    VIT_VARIANTS,
+    images,
+    make_vit,
+    num_prefix,
+    record_sdpa_masks,
+    run,
+)  # fmt: skip
 
 TOKEN_METHODS = [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
 
@@ -196,14 +204,7 @@ def test_spec_round_trip(name):
 
 def test_fast_attention_path_stays_on(name, monkeypatch):
     """Every reduction keeps the fused attention call: one per block."""
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("attn_mask"))
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    calls = record_sdpa_masks(monkeypatch)
     model = make_vit()
     with torch.inference_mode(), tokenreduce.patch(model, build(name)):
         model(images())

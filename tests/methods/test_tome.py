@@ -20,7 +20,7 @@ from tokenreduce.data import fashion_mnist, preprocess
 from tokenreduce.methods import InvalidParameter
 
 from ..conftest import images as random_images
-from ..conftest import make_vit
+from ..conftest import make_vit, record_sdpa_masks
 from ..tome_ref import reference_bipartite
 
 N_IMAGES = 32
@@ -104,10 +104,7 @@ def test_r_larger_than_possible_is_clamped_to_half():
 
 
 def test_proportional_attention_adds_log_size_bias(monkeypatch):
-    masks = []
-    sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention",
-                        lambda *a, **k: masks.append(k.get("attn_mask")) or sdpa(*a, **k))
+    masks = record_sdpa_masks(monkeypatch)
     model = make_vit()
     with torch.inference_mode(), tokenreduce.patch(model, "tome:r=8") as handle:
         model(random_images())
