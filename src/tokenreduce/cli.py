@@ -38,6 +38,8 @@ def _task_help() -> str:
     )
 
 
+# The signature is long because it is typer's option declarations; the body only hands them
+# to the helpers below.
 @app.command()
 def bench(
     model: Annotated[
@@ -248,7 +250,7 @@ def _sweep_and_report(
     table and write the HTML report; an interrupt leaves the finished ones stored."""
     from .bench import configs as cfg
     from .bench import report, runner
-    from .bench.progress import RichListener
+    from .bench.progress import listener_for
     from .bench.store import Store, StoreError
 
     try:
@@ -256,7 +258,7 @@ def _sweep_and_report(
     except StoreError as err:
         _fail(str(err))
     with store:
-        listener = RichListener(len(configs))
+        listener = listener_for(len(configs))
         try:
             with listener:
                 sweep = runner.run_sweep(
@@ -353,39 +355,33 @@ def _depth(model: Any) -> int:
 
 
 def _print_group(store, group, configs: list[str]) -> None:
+    """The table of ``configs`` in ``group`` (figures of a noisy timing flagged), its
+    footnotes (the img/s scale, the noisy rows) and the task's summary, on stdout."""
     from rich.console import Console
     from rich.table import Table
-
-    from .bench.configs import label
-    from .bench.report import groups
-    from .bench.tasks import task_class
-
-    rows = groups(store).get(group, [])
-    cls = task_class(group[0])
-    cols = list(cls.columns) if cls else []
     from rich.text import Text
 
+    from .bench.configs import label
+    from .bench.report import groups, table_notes
+    from .bench.tasks import task_class
+
+    rows = [r for r in groups(store).get(group, []) if r.key.config in configs]
+    cls = task_class(group[0])
+    cols = list(cls.columns) if cls else []
     table = Table(title=Text(f"{group[0]} · {group[1]} · {group[2]}"), title_justify="left")
     table.add_column("configuration", no_wrap=True)
     for c in cols:
         table.add_column(c.header, justify="right")
     for r in rows:
-        if r.key.config in configs:
-            style = "bold" if r.key.config == "baseline" else None
-            table.add_row(
-                Text(label(r.key.config)),
-                *(c.format(r.metrics.get(c.key)) for c in cols),
-                style=style,
-            )
+        style = "bold" if r.key.config == "baseline" else None
+        table.add_row(Text(label(r.key.config)), *(c.cell(r.metrics) for c in cols), style=style)
     console = Console()
     if not console.is_terminal:  # a pipe or a log: do not squeeze the table to 80 columns
         console = Console(width=200)
     console.print(table)
-    if cls:
-        for line in cls.summary(
-            [(r.key.config, r.metrics) for r in rows if r.key.config in configs]
-        ):
-            console.print(line, markup=False, highlight=False)
+    pairs = [(r.key.config, r.metrics) for r in rows]
+    for line in table_notes(pairs) + (cls.summary(pairs) if cls else []):
+        console.print(line, markup=False, highlight=False)
 
 
 def _command_line() -> str:

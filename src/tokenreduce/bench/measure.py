@@ -1,6 +1,7 @@
 """What every benchmark task does around its own metrics: count progress, check integer
 options, patch a copy of the model for one configuration and always restore it, and turn
-analytic cost, paired timings and peak memory into the shared cost columns.
+analytic cost, paired timings (timed again while too noisy to trust) and peak memory into the
+shared cost columns.
 """
 
 from __future__ import annotations
@@ -8,17 +9,32 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 import tokenreduce
 
 from .configs import BASELINE
-from .metrics import median
+from .metrics import TIMING_RETRIES, median, timing_noise
 
 #: called with (steps done, steps total) while a configuration is measured
 Progress = Callable[[int, int], None]
+
+T = TypeVar("T")
+
+#: the metric that flags figures from a paired timing too noisy to trust (:func:`cost_metrics`)
+NOISY = "timing_noisy"
+#: appended to a figure of a row whose timing stayed noisy
+FLAG_MARK = "?"
+
+#: Tables and plots show throughput on one scale: rows are measured minutes apart on a machine
+#: whose load may change, so each row's own images/s are not comparable; the baseline row's
+#: images/s times each row's paired speedup are (``throughput_scaled``, put on the shown
+#: baseline by :func:`tokenreduce.bench.report.one_scale`).
+THROUGHPUT_HEADER = "img/s (baseline × speedup)"
+#: the x axis of throughput plots (see :data:`THROUGHPUT_HEADER`)
+THROUGHPUT = "throughput (images/s: baseline × paired speedup)"
 
 
 class Steps:
@@ -66,6 +82,34 @@ def reduced_model(
         handle.remove()
 
 
+def until_steady(
+    time_once: Callable[[], T],
+    pairs: Callable[[T], tuple[list[float], list[float]]],
+    retries: int = TIMING_RETRIES,
+) -> tuple[T, int]:
+    """``(timing, attempts)``: call ``time_once`` (one set of paired timed repeats), and
+    again, at most ``retries`` more times, while the paired ratios of ``pairs(timing)``
+    (the ``t_base``, ``t_red`` seconds) are noisy (:func:`~tokenreduce.bench.metrics.
+    timing_noise`). Returns the least noisy timing and how many were taken; whether even
+    that one is noisy is for :func:`cost_metrics` to record."""
+    best, best_spread, attempts = None, float("inf"), 0
+    while attempts <= retries:
+        timing = time_once()
+        attempts += 1
+        spread, noisy = timing_noise(*pairs(timing))
+        if spread < best_spread:
+            best, best_spread = timing, spread
+        if not noisy:
+            break
+    return best, attempts
+
+
+def speedup_text(metrics: dict[str, Any]) -> str:
+    """A row's speedup as summaries print it (``1.45x``), flagged (``0.90x?``) when its timing
+    stayed noisy."""
+    return f"{metrics['speedup']:.2f}x" + (FLAG_MARK if metrics.get(NOISY) else "")
+
+
 def fraction(part: float | None, whole: float | None) -> float | None:
     """``part / whole``, or None when either is missing or ``whole`` is zero."""
     return part / whole if part is not None and whole else None
@@ -81,8 +125,10 @@ def cost_metrics(
     batch: int,
     peak: float,
     baseline: dict[str, Any] | None,
+    attempts: int = 1,
 ) -> dict[str, Any]:
-    """GFLOPs, FLOP ratio, throughput, paired speedup, memory and mean tokens of one row.
+    """GFLOPs, FLOP ratio, throughput, paired speedup, memory and mean tokens of one row,
+    and how far the paired timing can be trusted.
 
     ``gflops`` / ``base_gflops``: analytic GFLOPs per image of the reduced and the unreduced
     model; ``t_base`` / ``t_red``: seconds of the timed ``batch``-sized calls, paired by
@@ -90,12 +136,17 @@ def cost_metrics(
     the baseline row's metrics once measured (None while measuring the baseline itself).
     ``speedup`` is the median of the paired ratios: each pair ran back to back, so slow
     drift of the machine cancels; ``throughput_scaled`` puts rows measured minutes apart on
-    one scale (the baseline's throughput times the row's speedup).
+    one scale (the baseline's throughput times the row's speedup). ``speedup_spread`` is
+    the relative interquartile range of the paired ratios and ``timing_noisy`` whether it
+    stayed above :data:`~tokenreduce.bench.metrics.NOISY_SPREAD` after ``attempts``
+    timings (:func:`until_steady`); tables then flag the speed figures instead of printing
+    them plain.
     """
     base_throughput = None if baseline is None else baseline["throughput"]
     base_peak = peak if baseline is None else baseline["peak_mem_mb"]
     flop_ratio = base_gflops / gflops if gflops > 0 else None
     speedup = median([b / r for b, r in zip(t_base, t_red, strict=True)])
+    spread, noisy = timing_noise(t_base, t_red)
     throughput = batch / median(t_red)
     return {
         "gflops": gflops,
@@ -112,7 +163,23 @@ def cost_metrics(
         "peak_mem_mb": peak,
         "mem_ratio": fraction(peak, base_peak),
         "mean_tokens": mean_tokens,
+        "speedup_spread": spread,
+        "timing_noisy": noisy,
+        "timing_attempts": attempts,
     }
 
 
-__all__ = ["Progress", "Steps", "check_ints", "cost_metrics", "fraction", "reduced_model"]
+__all__ = [
+    "FLAG_MARK",
+    "NOISY",
+    "THROUGHPUT",
+    "THROUGHPUT_HEADER",
+    "Progress",
+    "Steps",
+    "check_ints",
+    "cost_metrics",
+    "fraction",
+    "reduced_model",
+    "speedup_text",
+    "until_steady",
+]

@@ -16,12 +16,15 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .configs import BASELINE, budget_label, label
+from .measure import FLAG_MARK, NOISY
+from .metrics import NOISY_SPREAD
 from .store import Key, Result, Store
-from .tasks import Column, Plot, task_class
+from .tasks import Column, Metrics, Plot, task_class
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;
@@ -75,11 +78,55 @@ def _sort(rows: list[Result]) -> list[Result]:
 
 
 def groups(store: Store, **where: str) -> dict[tuple[str, str, str, str], list[Result]]:
-    """Latest stored rows grouped by (task, model, data, setting), baseline first."""
+    """Latest stored rows grouped by (task, model, data, setting), baseline first, their
+    throughput on the scale of the group's baseline row (:func:`one_scale`)."""
     out: dict[tuple[str, str, str, str], list[Result]] = defaultdict(list)
     for row in store.results(latest=True, **where):
         out[row.key.group()].append(row)
-    return {g: _sort(rows) for g, rows in out.items()}
+    return {g: one_scale(_sort(rows)) for g, rows in out.items()}
+
+
+def one_scale(rows: list[Result]) -> list[Result]:
+    """``rows`` with ``throughput_scaled`` set to the baseline row's throughput times each
+    row's paired speedup. A sweep stores it so already, but rows stored by different runs
+    (a later ``--fresh`` baseline) were scaled to different baselines; shown together they
+    must share the one shown. Rows are returned unchanged without a baseline row."""
+    base = next((r for r in rows if r.key.config == BASELINE), None)
+    scale = base.metrics.get("throughput") if base else None
+    if not scale:
+        return rows
+    return [
+        replace(r, metrics={**r.metrics, "throughput_scaled": r.metrics["speedup"] * scale})
+        if "throughput_scaled" in r.metrics and r.metrics.get("speedup") is not None
+        else r
+        for r in rows
+    ]
+
+
+def table_notes(rows: list[tuple[str, Metrics]]) -> list[str]:
+    """Footnotes of a results table of ``(config, metrics)`` rows: the baseline that the
+    img/s column is scaled to, and every row whose paired timing stayed noisy (its speed
+    figures carry :data:`~tokenreduce.bench.measure.FLAG_MARK`)."""
+    notes = []
+    base = dict(rows).get(BASELINE)
+    if base and base.get("throughput") and any("throughput_scaled" in m for _, m in rows):
+        notes.append(
+            f"img/s: the baseline's {_rate(base['throughput'])} images/s × each row's paired "
+            "speedup, one scale for rows measured minutes apart"
+        )
+    for config, m in rows:
+        if m.get(NOISY):
+            notes.append(
+                f"{FLAG_MARK} {label(config)}: timing too noisy to trust: the paired ratios "
+                f"spread {m['speedup_spread']:.0%} (limit {NOISY_SPREAD:.0%}) after "
+                f"{m['timing_attempts']} timing(s)"
+            )
+    return notes
+
+
+def _rate(per_second: float) -> str:
+    """Whole numbers from 100 up, three significant digits below (a slow model's 2.34)."""
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.3g}"
 
 
 # -- plots -----------------------------------------------------------------------------------
@@ -192,7 +239,7 @@ def table_html(task: str, rows: list[Result]) -> str:
     ]
     for r in rows:
         cls = ' class="base"' if r.key.config == BASELINE else ""
-        cells = "".join(f"<td>{esc(c.format(r.metrics.get(c.key)))}</td>" for c in cols)
+        cells = "".join(f"<td>{esc(c.cell(r.metrics))}</td>" for c in cols)
         out.append(
             f'<tr{cls}><td class="l" title="{esc(r.key.config)}">{esc(label(r.key.config))}</td>'
             f'<td class="l">{esc(r.method)}</td>{cells}<td class="l">{esc(r.run_id)}</td></tr>'
@@ -234,6 +281,8 @@ def group_html(store: Store, group: tuple[str, str, str, str], rows: list[Result
         lines = cls.summary([(r.key.config, r.metrics) for r in rows])
         parts += [f'<p class="note">{esc(line)}</p>' for line in lines]
     parts.append(table_html(task, rows))
+    notes = table_notes([(r.key.config, r.metrics) for r in rows])
+    parts += [f'<p class="meta">{esc(note)}</p>' for note in notes]
     plots = [(p, pareto_png(rows, p)) for p in (cls.plots if cls else ())]
     imgs = [
         f'<img alt="{esc(p.y_label)} against {esc(p.x_label)}" src="{_png_data_uri(png)}">'
@@ -303,4 +352,4 @@ def write(
     return out
 
 
-__all__ = ["esc", "groups", "pareto_png", "render", "write", "Key"]
+__all__ = ["esc", "groups", "one_scale", "pareto_png", "render", "table_notes", "write", "Key"]

@@ -7,6 +7,7 @@ is committed with its pictures as soon as it is measured. ``fresh`` re-measures 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,7 +23,8 @@ from .tasks import Task
 
 
 class Listener(Protocol):
-    """Receives progress events (the CLI draws a progress bar from them)."""
+    """Receives progress events (the CLI draws progress bars from them on a terminal and
+    prints periodic lines elsewhere, :mod:`tokenreduce.bench.progress`)."""
 
     def sweep_start(self, todo: list[str], skipped: list[str]) -> None: ...
     def config_start(self, config: str, steps: int) -> None: ...
@@ -82,10 +84,7 @@ def run_sweep(
         raise ValueError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     task.check_model(model)
-    if BASELINE not in configs:
-        configs = [BASELINE, *configs]
-    else:  # the baseline goes first: every other row is compared to it
-        configs = [BASELINE, *(c for c in configs if c != BASELINE)]
+    configs = baseline_first(configs)
     check_configs(model, configs)
     setting = setting_json(task)
 
@@ -99,29 +98,52 @@ def run_sweep(
     if listener:
         listener.sweep_start(todo, skipped)
     try:
-        stored = store.find(key(BASELINE))
-        baseline = None if BASELINE in todo or stored is None else stored.metrics
-        for config in todo:
-            if listener:
-                listener.config_start(config, task.steps(config))
-            values = task.measure(
-                model, config, baseline, listener.config_step if listener else None
-            )
-            images = task.pictures(model, config) if pictures else {}
-            store.add_result(run_id, key(config), method_of(config), values, images)
-            if config == BASELINE:
-                baseline = values
-            sweep.measured.append(config)
-            if listener:
-                listener.config_done(config, store.find(key(config)))
+        _measure(store, task, model, key, todo, sweep, pictures=pictures, listener=listener)
     except KeyboardInterrupt:
-        sweep.status = "interrupted"
-        store.finish_run(run_id, sweep.status)
+        _finish(store, sweep, "interrupted")
         raise
     except BaseException:
-        sweep.status = "failed"
-        store.finish_run(run_id, sweep.status)
+        _finish(store, sweep, "failed")
         raise
-    sweep.status = "finished"
-    store.finish_run(run_id, sweep.status)
+    _finish(store, sweep, "finished")
     return sweep
+
+
+def baseline_first(configs: list[str]) -> list[str]:
+    """``configs`` with the baseline added or moved first: every other row is compared to it."""
+    return [BASELINE, *(c for c in configs if c != BASELINE)]
+
+
+def _measure(
+    store: Store,
+    task: Task,
+    model: nn.Module,
+    key: Callable[[str], Key],
+    todo: list[str],
+    sweep: Sweep,
+    *,
+    pictures: bool,
+    listener: Listener | None,
+) -> None:
+    """Measure and store every configuration of ``todo`` in order, each committed at once,
+    recording it in ``sweep.measured``; the baseline's metrics come from the store when it
+    is not in ``todo``."""
+    stored = store.find(key(BASELINE))
+    baseline = None if BASELINE in todo or stored is None else stored.metrics
+    for config in todo:
+        if listener:
+            listener.config_start(config, task.steps(config))
+        progress = listener.config_step if listener else None
+        values = task.measure(model, config, baseline, progress)
+        images = task.pictures(model, config) if pictures else {}
+        store.add_result(sweep.run_id, key(config), method_of(config), values, images)
+        if config == BASELINE:
+            baseline = values
+        sweep.measured.append(config)
+        if listener:
+            listener.config_done(config, store.find(key(config)))
+
+
+def _finish(store: Store, sweep: Sweep, status: str) -> None:
+    sweep.status = status
+    store.finish_run(sweep.run_id, status)

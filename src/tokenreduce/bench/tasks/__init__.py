@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-from ..measure import Progress, Steps, check_ints
+from ..measure import FLAG_MARK, Progress, Steps, check_ints
 
 #: one row of metrics by name, as the store keeps it
 Metrics = dict[str, Any]
@@ -32,12 +32,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Column:
-    """A metric as tables show it: ``key`` in the metrics dict, a header, a format spec."""
+    """A metric as tables show it: ``key`` in the metrics dict, a header, a format spec;
+    ``flag``: a metric that, when true in a row, marks this figure as not to be trusted
+    (``timing_noisy`` for figures from paired timings)."""
 
     key: str
     header: str
     fmt: str = ".3f"
     higher_is_better: bool | None = None
+    flag: str | None = None
 
     def format(self, value: Any) -> str:
         if value is None:
@@ -46,6 +49,13 @@ class Column:
             return format(value, self.fmt)
         except (TypeError, ValueError):
             return str(value)
+
+    def cell(self, metrics: Metrics) -> str:
+        """This column's text for one row: the formatted figure, with :data:`~tokenreduce.bench.measure.FLAG_MARK`
+        appended when the row's ``flag`` metric is true."""
+        text = self.format(metrics.get(self.key))
+        flagged = self.flag is not None and metrics.get(self.flag) and text != "-"
+        return text + FLAG_MARK if flagged else text
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,16 @@ from torch import nn
 
 from ...dense import DenseFeatures, dense_features
 from ..configs import BASELINE
-from ..measure import Steps, check_ints, cost_metrics, reduced_model
+from ..measure import (
+    NOISY,
+    THROUGHPUT,
+    THROUGHPUT_HEADER,
+    Steps,
+    check_ints,
+    cost_metrics,
+    reduced_model,
+    until_steady,
+)
 from ..metrics import median, paired_times, peak_memory_mb, time_call
 from . import Column, Metrics, Plot, Task
 
@@ -37,18 +46,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 COST_COLUMNS = (
     Column("gflops", "GFLOPs", ".3g", False),
     Column("flop_ratio", "FLOP ×", ".2f", True),
-    Column("throughput", "img/s", ".2f", True),
-    Column("speedup", "speedup ×", ".2f", True),
+    Column("throughput_scaled", THROUGHPUT_HEADER, ".2f", True, flag=NOISY),
+    Column("speedup", "speedup ×", ".2f", True, flag=NOISY),
     Column("speedup_cpu", "CPU-time speedup ×", ".2f", True),
-    Column("speedup_per_flop", "speedup / FLOP ×", ".2f", True),
+    Column("speedup_per_flop", "speedup / FLOP ×", ".2f", True, flag=NOISY),
     Column("peak_mem_mb", "peak MiB", ".1f", False),
     Column("mean_tokens", "mean tokens", ".1f", False),
     Column("pruned_share", "pruned %", ".1f", False),
 )
-
-#: the x axis of throughput plots: rows are measured minutes apart on a machine whose load
-#: may change, so the plots put them on one scale, the baseline's times each paired speedup
-THROUGHPUT = "throughput (images/s: baseline × paired speedup)"
 
 
 def pareto_plots(y: str, y_label: str) -> tuple[Plot, Plot]:
@@ -270,14 +275,14 @@ class FeatureTask(Task):
         self.prepare(model, step)
         if config == BASELINE:
             feats = self._baseline_features(model, step)
-            times, peak = self._cost(model, None, step)
+            timed, peak = self._cost(model, None, step)
         else:
             with reduced_model(model, config) as (reduced, _):
                 feats = self.features(reduced, self.inputs, step)
-                times, peak = self._cost(model, reduced, step)
+                timed, peak = self._cost(model, reduced, step)
         base_gflops = self.reference(model).gflops
         batch = len(self.inputs[: self.batch_size])
-        values = _feature_costs(feats, base_gflops, times, batch, peak, baseline)
+        values = _feature_costs(feats, base_gflops, *timed, batch, peak, baseline)
         values.update(self.quality(model, feats, baseline))
         values.update(images=len(self.inputs), repeats=self.repeats, warmup=self.warmup)
         return values
@@ -292,11 +297,15 @@ class FeatureTask(Task):
 
     def _cost(
         self, model: nn.Module, reduced: nn.Module | None, step: Steps
-    ) -> tuple[Timing, float]:
-        """Timing of the first batch (see :meth:`_timing`), then the peak tensor MiB of one
-        forward of it through ``reduced`` (the plain ``model`` for the baseline)."""
+    ) -> tuple[tuple[Timing, int], float]:
+        """``((timing, attempts), peak)``: timing of the first batch (see :meth:`_timing`;
+        timed again while noisy, :func:`~tokenreduce.bench.measure.until_steady`), then the
+        peak tensor MiB of one forward of it through ``reduced`` (the plain ``model`` for
+        the baseline)."""
         x = self.inputs[: self.batch_size]
-        times = self._timing(model, reduced, x)
+        times = until_steady(
+            lambda: self._timing(model, reduced, x), lambda t: (t.wall_base, t.wall_red)
+        )
         step()
         peak = peak_memory_mb(lambda: _forward(model if reduced is None else reduced, x))
         step()
@@ -368,12 +377,13 @@ def _feature_costs(
     feats: DenseFeatures,
     base_gflops: float,
     times: Timing,
+    attempts: int,
     batch: int,
     peak: float,
     baseline: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The shared cost metrics (:func:`tokenreduce.bench.measure.cost_metrics`) plus the
-    CPU-time speedup and the share of pruned patches.
+    """The shared cost metrics (:func:`tokenreduce.bench.measure.cost_metrics`, ``attempts``
+    timings taken) plus the CPU-time speedup and the share of pruned patches.
 
     ``speedup_cpu`` is the median of the paired ratios of the process CPU time of the same
     calls, which other processes on a shared machine disturb less (it counts the work of
@@ -388,6 +398,7 @@ def _feature_costs(
         batch=batch,
         peak=peak,
         baseline=baseline,
+        attempts=attempts,
     )
     speedup_cpu = median([b / r for b, r in zip(times.cpu_base, times.cpu_red, strict=True)])
     values.update(

@@ -27,6 +27,7 @@ from torch import nn
 
 from ...dense import DenseFeatures
 from ..configs import BASELINE
+from ..measure import speedup_text
 from . import Column, Options, Plot, register
 from .features import COST_COLUMNS, THROUGHPUT, FeatureTask, ImageInput, data_hash, pareto_plots
 
@@ -144,7 +145,7 @@ class Fidelity(FeatureTask):
         met = "met" if m["speedup"] >= TARGET_SPEEDUP else "not met"
         lines = [
             f"fastest with class-token cosine >= {TARGET_COS}: {label(config)}: "
-            f"{m['speedup']:.2f}x throughput (target {TARGET_SPEEDUP}x: {met}), class cosine "
+            f"{speedup_text(m)} throughput (target {TARGET_SPEEDUP}x: {met}), class cosine "
             f"{m['cls_cos']:.4f} (min {m['cls_cos_min']:.4f}), patch cosine "
             f"{m['patch_cos']:.4f}, {m['flop_ratio']:.2f}x fewer FLOPs"
         ]
@@ -152,7 +153,7 @@ class Fidelity(FeatureTask):
         if config2 != config:
             lines.append(
                 f"most FLOPs saved with class-token cosine >= {TARGET_COS}: {label(config2)}: "
-                f"{m2['flop_ratio']:.2f}x fewer FLOPs, {m2['speedup']:.2f}x throughput, class "
+                f"{m2['flop_ratio']:.2f}x fewer FLOPs, {speedup_text(m2)} throughput, class "
                 f"cosine {m2['cls_cos']:.4f}"
             )
         return lines

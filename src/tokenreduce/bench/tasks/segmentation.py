@@ -31,6 +31,7 @@ from torch import nn
 from ...data.shapes import CLASSES, miou, patch_labels, shapes
 from ...dense import DenseFeatures
 from ..configs import BASELINE
+from ..measure import speedup_text
 from . import Column, Options, check_ints, register
 from .features import COST_COLUMNS, FeatureTask, ImageInput, data_hash, pareto_plots
 
@@ -187,14 +188,14 @@ class Segmentation(FeatureTask):
             c, m = max(reduced, key=lambda cm: cm[1]["miou"])
             lines.append(
                 f"best reduced: {label(c)}: mIoU {m['miou']:.4f} ({m['miou_delta']:+.4f}), "
-                f"{m['flop_ratio']:.2f}x fewer FLOPs, {m['speedup']:.2f}x throughput"
+                f"{m['flop_ratio']:.2f}x fewer FLOPs, {speedup_text(m)} throughput"
             )
             ok = [(c, m) for c, m in reduced if m["miou_delta"] >= -max_drop]
             if ok:
                 c, m = max(ok, key=lambda cm: cm[1]["speedup"])
                 lines.append(
                     f"fastest within {max_drop} mIoU of the unreduced model: {label(c)}: "
-                    f"{m['speedup']:.2f}x throughput, mIoU {m['miou']:.4f}, "
+                    f"{speedup_text(m)} throughput, mIoU {m['miou']:.4f}, "
                     f"{m['flop_ratio']:.2f}x fewer FLOPs"
                 )
         return lines
