@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 transformers = pytest.importorskip("transformers")
 
 from tests.lmutil import byte_tokenizer  # noqa: E402
+from tokenreduce.bench.metrics import TIMING_RETRIES  # noqa: E402
 from tokenreduce.bench.models import load  # noqa: E402
 from tokenreduce.bench.tasks import Options, get  # noqa: E402
 from tokenreduce.bench.tasks.longcontext import LongContextTask  # noqa: E402
@@ -96,11 +97,15 @@ def test_baseline_keeps_everything_it_solves(loaded, prose):
     assert base["accuracy"] == 100.0 and base["solved"] == len(answers)
     assert base["solved_kept"] == 100.0 and base["accuracy_kept"] == 100.0
     assert base["ttft_speedup"] == 1.0 and base["kv_ratio"] == 1.0
+    # paired with itself, the baseline's timing is steady at once
+    assert base["timing_attempts"] == 1 and not base["ttft_noisy"] and not base["decode_noisy"]
     assert base["accuracy_by_context"] == "48: 100 · 96: 100"
     whole = own.measure(loaded.model, "snapkv:cache_budget=10000", base)
     assert whole["solved_kept"] == 100.0 and whole["kv_ratio"] == 1.0
     cut = own.measure(loaded.model, "streamingllm:cache_budget=6,n_sink=2", base)
     assert cut["solved_kept"] < 100.0 and cut["accuracy_delta"] < 0
+    assert 1 <= cut["timing_attempts"] <= 1 + TIMING_RETRIES
+    assert cut["timing_noisy"] == (cut["ttft_noisy"] or cut["decode_noisy"])
     assert cut["kv_ratio"] == pytest.approx(6 * len(answers) / sum(len(p.ids) for p in own.prompts))
     lines = LongContextTask.summary([("baseline", base), ("streamingllm:...", cut)])
     assert not any("solves no sample" in line for line in lines)

@@ -104,10 +104,11 @@ def until_steady(
     return best, attempts
 
 
-def speedup_text(metrics: dict[str, Any]) -> str:
-    """A row's speedup as summaries print it (``1.45x``), flagged (``0.90x?``) when its timing
-    stayed noisy."""
-    return f"{metrics['speedup']:.2f}x" + (FLAG_MARK if metrics.get(NOISY) else "")
+def speedup_text(metrics: dict[str, Any], key: str = "speedup", flag: str = NOISY) -> str:
+    """A row's speedup ``metrics[key]`` as summaries print it (``1.45x``), flagged
+    (``0.90x?``) when the metric ``flag`` says its timing stayed noisy (tasks timing several
+    quantities flag each one: ``ttft_speedup`` by ``ttft_noisy``)."""
+    return f"{metrics[key]:.2f}x" + (FLAG_MARK if metrics.get(flag) else "")
 
 
 def fraction(part: float | None, whole: float | None) -> float | None:

@@ -19,7 +19,11 @@ configuration (a KV-cache method or a prefill method at a budget, or the unreduc
   (greedy steps on the reduced cache), batch 1, on the first sample of the longest context,
   timed interleaved with the unreduced model in the same process; speedups are medians of
   the paired ratios (:func:`tokenreduce.bench.metrics.paired_times`), in wall-clock time and,
-  for a machine shared with other jobs, in process CPU time as well.
+  for a machine shared with other jobs, in process CPU time as well. The pairs are timed
+  again while the wall-clock ratios of either quantity are too noisy to trust
+  (:func:`tokenreduce.bench.measure.until_steady`); a row whose timing stays noisy has its
+  TTFT or decoding figures flagged in tables and summaries (``ttft_noisy``,
+  ``decode_noisy``).
 """
 
 from __future__ import annotations
@@ -38,14 +42,22 @@ import tokenreduce
 
 from ... import lmtasks
 from ..configs import BASELINE, label
-from ..measure import Steps, check_ints, fraction, reduced_model
-from ..metrics import median, paired_times, peak_memory_mb
+from ..measure import NOISY, Steps, check_ints, fraction, reduced_model, speedup_text, until_steady
+from ..metrics import median, paired_times, peak_memory_mb, timing_noise
 from . import Column, Metrics, Options, Plot, Task, register
 
 DEFAULT_CONTEXTS = (1024, 2048, 4096)
 QUICK_CONTEXT, QUICK_LIMIT = 512, 2
 #: the issue's targets, checked by :meth:`LongContextTask.summary`
 KEPT_TARGET, KV_TOLERANCE, TTFT_TARGET, TTFT_CONTEXT = 95.0, 0.02, 1.3, 2048
+
+#: one timed :func:`prefill_and_decode` call: seconds of (prefill + first token, decoding) in
+#: wall-clock time, then the same two in process CPU time
+Run = tuple[float, float, float, float]
+#: the wall-clock quantities judged for noise, by the position of their seconds in a
+#: :data:`Run`; each gets ``<name>_spread`` and ``<name>_noisy`` metrics
+TIMED = {"ttft": 0, "decode": 1}
+TTFT_NOISY, DECODE_NOISY = "ttft_noisy", "decode_noisy"
 
 
 # -- helpers shared by the language-model tasks -----------------------------------------------
@@ -174,10 +186,11 @@ class LongContextTask(Task):
         Column("accuracy_by_context", "accuracy % per context", "s"),
         *KV_COLUMNS,
         Column("peak_mem_mb", "peak MiB (tensors)", ".1f", False),
-        Column("ttft_s", "TTFT s", ".2f", False),
-        Column("ttft_speedup", "TTFT speedup ×", ".2f", True),
-        Column("decode_tok_s", "decode tok/s", ".2f", True),
-        Column("decode_speedup", "decode speedup ×", ".2f", True),
+        # the load that makes the paired ratios disagree moves the medians too
+        Column("ttft_s", "TTFT s", ".2f", False, flag=TTFT_NOISY),
+        Column("ttft_speedup", "TTFT speedup ×", ".2f", True, flag=TTFT_NOISY),
+        Column("decode_tok_s", "decode tok/s", ".2f", True, flag=DECODE_NOISY),
+        Column("decode_speedup", "decode speedup ×", ".2f", True, flag=DECODE_NOISY),
         Column("ttft_cpu_speedup", "TTFT speedup × (CPU time)", ".2f", True),
     )
     plots = (
@@ -349,10 +362,26 @@ class LongContextTask(Task):
         return texts, hook.bytes, peak
 
     def _time(self, model: nn.Module, reduced: nn.Module, is_baseline: bool) -> dict[str, Any]:
-        """Paired TTFT and decoding times on the first prompt of the longest context."""
+        """Paired TTFT and decoding times on the first prompt of the longest context, timed
+        again while noisy (:func:`noisiest_pair`), and their metrics (:func:`timing_metrics`)."""
         prompt = next(p for p in self.prompts if p.context == self.contexts[-1])
         ids = torch.tensor([prompt.ids], dtype=torch.long)
-        runs: dict[str, list[tuple[float, float, float, float]]] = {"base": [], "reduced": []}
+        (base, red), attempts = until_steady(
+            lambda: self._time_once(model, reduced, ids, is_baseline), noisiest_pair
+        )
+        return {
+            "timing_context": prompt.context,
+            "timing_prompt_tokens": len(prompt.ids),
+            **timing_metrics(base, red, self.decode_tokens, attempts),
+        }
+
+    def _time_once(
+        self, model: nn.Module, reduced: nn.Module, ids: torch.Tensor, is_baseline: bool
+    ) -> tuple[list[Run], list[Run]]:
+        """One set of paired runs of ``ids`` (``warmup`` untimed, then ``repeats`` timed per
+        side): the unreduced and the reduced model's timed runs. The baseline is timed once
+        per repeat and paired with itself."""
+        runs: dict[str, list[Run]] = {"base": [], "reduced": []}
 
         def call(m: nn.Module, side: str) -> Callable[[], None]:
             return lambda: runs[side].append(prefill_and_decode(m, ids, self.decode_tokens))
@@ -363,29 +392,7 @@ class LongContextTask(Task):
             runs["reduced"] = runs["base"]
         else:
             paired_times(call(model, "base"), call(reduced, "reduced"), self.repeats, self.warmup)
-        base, red = runs["base"][self.warmup :], runs["reduced"][self.warmup :]
-
-        def ratio(i: int) -> float:
-            """Median over the pairs of base time / reduced time of measure ``i``."""
-            return median([b[i] / r[i] for b, r in zip(base, red, strict=True)])
-
-        return {
-            "timing_context": prompt.context,
-            "timing_prompt_tokens": len(prompt.ids),
-            "ttft_s": median([r[0] for r in red]),
-            "baseline_ttft_s": median([b[0] for b in base]),
-            "ttft_speedup": ratio(0),
-            "decode_tok_s": self.decode_tokens / median([r[1] for r in red]),
-            "baseline_decode_tok_s": self.decode_tokens / median([b[1] for b in base]),
-            "decode_speedup": ratio(1),
-            # process CPU time: less sensitive than wall time to other jobs on a shared machine
-            "ttft_cpu_speedup": ratio(2),
-            "decode_cpu_speedup": ratio(3),
-            "ttft_s_all": [r[0] for r in red],
-            "baseline_ttft_s_all": [b[0] for b in base],
-            "ttft_cpu_s_all": [r[2] for r in red],
-            "baseline_ttft_cpu_s_all": [b[2] for b in base],
-        }
+        return runs["base"][self.warmup :], runs["reduced"][self.warmup :]
 
     def _metrics(
         self,
@@ -518,11 +525,73 @@ def _ttft_finding(rows: list[tuple[str, dict[str, Any]]]) -> str | None:
         verdict = "met" if m["ttft_speedup"] >= TTFT_TARGET else "missed"
     else:
         verdict = f"not measured at {TTFT_CONTEXT} tokens"
+    if m.get(TTFT_NOISY):
+        verdict += " (timing too noisy to trust)"
     return (
-        f"prefill pruning of 50%: {label(c)} gives {m['ttft_speedup']:.2f}x time to "
-        f"first token at {ctx} tokens; target >= {TTFT_TARGET}x at {TTFT_CONTEXT}: "
+        f"prefill pruning of 50%: {label(c)} gives {speedup_text(m, 'ttft_speedup', TTFT_NOISY)} "
+        f"time to first token at {ctx} tokens; target >= {TTFT_TARGET}x at {TTFT_CONTEXT}: "
         f"{verdict}"
     )
+
+
+def wall_pairs(base: list[Run], red: list[Run]) -> dict[str, tuple[list[float], list[float]]]:
+    """Paired wall-clock seconds of each :data:`TIMED` quantity: name -> (unreduced, reduced)."""
+    return {name: ([b[i] for b in base], [r[i] for r in red]) for name, i in TIMED.items()}
+
+
+def noisiest_pair(runs: tuple[list[Run], list[Run]]) -> tuple[list[float], list[float]]:
+    """The paired wall-clock seconds of the :data:`TIMED` quantity whose ratios spread most
+    (:func:`~tokenreduce.bench.metrics.timing_noise`): a timing is steady when even that one
+    is, so :func:`~tokenreduce.bench.measure.until_steady` judges it by this pair."""
+    return max(wall_pairs(*runs).values(), key=lambda pair: timing_noise(*pair)[0])
+
+
+def noise_metrics(base: list[Run], red: list[Run], attempts: int) -> dict[str, Any]:
+    """``ttft_spread`` / ``ttft_noisy`` and ``decode_spread`` / ``decode_noisy`` (relative
+    interquartile range of the paired wall-clock ratios, and whether it is above
+    :data:`~tokenreduce.bench.metrics.NOISY_SPREAD`), ``timing_attempts``, and the row-wide
+    ``timing_noisy`` (either quantity noisy) with ``speedup_spread`` (the larger spread)
+    that the tables' footnotes read (:func:`tokenreduce.bench.report.table_notes`)."""
+    values: dict[str, Any] = {}
+    for name, pair in wall_pairs(base, red).items():
+        values[f"{name}_spread"], values[f"{name}_noisy"] = timing_noise(*pair)
+    values["speedup_spread"] = max(values[f"{name}_spread"] for name in TIMED)
+    values[NOISY] = any(values[f"{name}_noisy"] for name in TIMED)
+    values["timing_attempts"] = attempts
+    return values
+
+
+def timing_metrics(
+    base: list[Run], red: list[Run], decode_tokens: int, attempts: int
+) -> dict[str, Any]:
+    """The speed metrics of paired runs (:data:`Run`: seconds) of the unreduced and the
+    reduced model, ``decode_tokens`` steps decoded per run, after ``attempts`` timings:
+    median TTFT seconds and decoding tokens/s of each side, speedups as medians of the paired
+    ratios (wall-clock and process CPU time), the raw TTFT seconds, and how noisy the
+    wall-clock ratios are (:func:`noise_metrics`). Raises ``ValueError`` for unpaired or
+    non-positive times."""
+
+    def ratio(i: int) -> float:
+        """Median over the pairs of base time / reduced time of measure ``i``."""
+        return median([b[i] / r[i] for b, r in zip(base, red, strict=True)])
+
+    noise = noise_metrics(base, red, attempts)  # checks the pairing first
+    return {
+        "ttft_s": median([r[0] for r in red]),
+        "baseline_ttft_s": median([b[0] for b in base]),
+        "ttft_speedup": ratio(0),
+        "decode_tok_s": decode_tokens / median([r[1] for r in red]),
+        "baseline_decode_tok_s": decode_tokens / median([b[1] for b in base]),
+        "decode_speedup": ratio(1),
+        # process CPU time: less sensitive than wall time to other jobs on a shared machine
+        "ttft_cpu_speedup": ratio(2),
+        "decode_cpu_speedup": ratio(3),
+        "ttft_s_all": [r[0] for r in red],
+        "baseline_ttft_s_all": [b[0] for b in base],
+        "ttft_cpu_s_all": [r[2] for r in red],
+        "baseline_ttft_cpu_s_all": [b[2] for b in base],
+        **noise,
+    }
 
 
 def prefill_and_decode(
@@ -586,10 +655,18 @@ __all__ = [
     "PrefillCache",
     "VariableTracking",
     "KV_COLUMNS",
+    "DECODE_NOISY",
+    "TIMED",
+    "TTFT_NOISY",
+    "Run",
     "check_length",
     "check_lm",
     "config_budget",
     "kv_plot",
     "left_pad",
+    "noise_metrics",
+    "noisiest_pair",
     "prefill_and_decode",
+    "timing_metrics",
+    "wall_pairs",
 ]
