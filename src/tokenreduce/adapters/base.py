@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -11,6 +13,8 @@ from torch import nn
 
 from ..core.budgets import Budget
 from ..core.context import ModelInfo, TokenContext
+from ..core.ragged import reduce_per_sample
+from ..core.reduction import Reduction
 from ..core.state import TokenState
 from ..methods.base import InvalidParameter, Method, kinds_text
 
@@ -149,12 +153,13 @@ class Adapter:
         )
 
     # -- the shared site logic of token-sequence adapters ---------------------------------
-    def begin(self, layer: int, x: torch.Tensor) -> TokenState:
-        """Called by every block before attention; the first block starts a new trace."""
+    def begin(self, layer: int, x: torch.Tensor, valid: torch.Tensor | None = None) -> TokenState:
+        """Called by every block before attention; the first block starts a new trace.
+        ``valid`` (B, N) marks the real tokens of a padded batch (False at padding)."""
         self.site_fired()
         if layer == 0:
             b, n = x.shape[:2]
-            self.trace.state = TokenState.initial(b, n, self.info.num_prefix, x.device)
+            self.trace.state = TokenState.initial(b, n, self.info.num_prefix, x.device, valid=valid)
             self.trace.attn_tokens.clear()
             self.trace.mlp_tokens.clear()
         self.trace.attn_tokens.append(x.shape[1])
@@ -166,6 +171,30 @@ class Adapter:
             return state.size.log().to(dtype)[:, None, None, :]
         return None
 
+    def reduction(
+        self,
+        layer: int,
+        x: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        scale: float,
+        bias: torch.Tensor | None,
+    ) -> Reduction | None:
+        """What the method does at ``layer`` under its budget, for tokens ``x`` (B, N, C) in
+        the current token state; None where the budget removes nothing. A ragged state (a
+        padded batch) is reduced sample by sample, each with its own count.
+
+        ``q`` and ``k`` are (B, H, N, D) as the layer used them (or the features the site
+        compares tokens by, as one head); ``bias`` the additive attention logit bias.
+        """
+        state = self.trace.state
+        ctx = TokenContext(layer, x, q, k, state, self.info, scale, bias)
+        keep = partial(self.budget.keep, layer)
+        if state.ragged:
+            return reduce_per_sample(ctx, keep, self.method.reduce)
+        n_remove = ctx.num_reducible - keep(ctx.num_reducible)
+        return self.method.reduce(ctx, n_remove) if n_remove > 0 else None
+
     def reduce(
         self,
         layer: int,
@@ -175,20 +204,36 @@ class Adapter:
         scale: float,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The site after attention: score, reduce, apply to x and the token state.
-
-        ``q`` and ``k`` are (B, H, N, D) as the layer used them. Returns the reduced ``x``.
-        """
-        state = self.trace.state
-        n = x.shape[1] - state.num_protected
-        n_remove = n - self.budget.keep(layer, n)
-        if n_remove > 0:
-            ctx = TokenContext(layer, x, q, k, state, self.info, scale, bias)
-            red = self.method.reduce(ctx, n_remove)
+        """A sequence site (after attention): the reduction stays for the rest of the model.
+        Applies it to ``x`` and the token state; returns the reduced ``x`` (B, M, C)."""
+        red = self.reduction(layer, x, q, k, scale, bias)
+        if red is not None:
             x = red.apply(x)
-            self.trace.state = state.apply(red)
+            self.trace.state = self.trace.state.apply(red)
         self.trace.mlp_tokens.append(x.shape[1])
         return x
+
+    def around(
+        self,
+        layer: int,
+        x: torch.Tensor,
+        sublayer: Callable[[torch.Tensor], torch.Tensor],
+        metric: torch.Tensor,
+    ) -> torch.Tensor:
+        """A local site: reduce ``x`` (B, N, C), run ``sublayer`` on the M remaining tokens,
+        and undo the reduction on its output (merge, attend, unmerge; tomesd's pattern).
+
+        ``metric`` (B, N, D) are the features tokens are compared by (given to the method as
+        one head of keys and queries). Returns (B, N, C'): a merged token's output is copied
+        to every token it stands for, a dropped token's output is zero (with a residual
+        connection it keeps its input). The token state (:meth:`begin`) is left as it was.
+        """
+        self.site_fired()
+        head = metric[:, None]
+        red = self.reduction(layer, x, head, head, metric.shape[-1] ** -0.5, None)
+        if red is None:
+            return sublayer(x)
+        return red.unmerge(sublayer(red.apply(x)))[0]
 
     def gflops(self, trace: Trace | None = None) -> float:
         """Analytic GFLOPs per sample (multiply-adds, the fvcore convention) of the last

@@ -11,7 +11,7 @@ from .scorers import attention_received
 from .state import TokenState
 
 #: the kinds of model an adapter describes
-KINDS = ("vision", "language")
+KINDS = ("vision", "language", "vision-language")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ModelInfo:
     num_prefix: int  # leading protected tokens: class, distillation, registers
     has_class_token: bool
     grid: tuple[int, int] | None  # patch grid (rows, cols); see the class docstring
-    #: "vision" or "language"; None infers it from ``grid`` (a patch grid means vision)
+    #: one of :data:`KINDS`; None infers it from ``grid`` (a patch grid means vision)
     kind: str | None = None
     #: where the family's adapter reduces, e.g. ``("block:after_attention",)``
     sites: tuple[str, ...] = ()
@@ -56,6 +56,23 @@ class TokenContext:
     model: ModelInfo
     scale: float
     attn_bias: Tensor | None = None
+
+    def sample(self, sample: int, index: Tensor) -> TokenContext:
+        """The context of one sample restricted to its tokens at ``index`` (n,), as a batch of
+        one (a ragged batch is reduced sample by sample)."""
+        bias = self.attn_bias
+        if bias is not None:
+            bias = bias[sample : sample + 1, ..., index]
+        return TokenContext(
+            self.layer,
+            self.hidden[sample, index][None],
+            self.q[sample, :, index][None],
+            self.k[sample, :, index][None],
+            self.state.sample(sample, index),
+            self.model,
+            self.scale,
+            bias,
+        )
 
     @property
     def num_reducible(self) -> int:

@@ -7,6 +7,10 @@ Every strategy (prune, merge, fuse, pool) is described by the same three tensors
 * ``anchor`` (B, M): for each output slot, the input token that represents it (its position,
   its protected flag), or -1 for a synthetic slot such as EViT's fused token.
 
+A batch whose samples keep different numbers of tokens (a padded batch, an adaptive budget)
+is one reduction too: ``valid`` (B, M) marks the slots that hold real tokens, and each
+sample's padding slots are empty synthetic slots (:meth:`Reduction.stack`).
+
 The reducer chooses the slot order. Most keep their anchors' input order, synthetic slots
 last; ToMe's reference order puts its unmerged A tokens before its B tokens. Every reducer
 keeps the prefix tokens (class, distillation, registers) at the front of the sequence, in
@@ -80,6 +84,9 @@ class Reduction:
     is_selection: bool = False
     #: optional precomputed :class:`FoldPlan` (reducers that know R pass it to avoid a sync)
     plan: FoldPlan | None = None
+    #: (B, M) False at padding slots (empty, anchor -1) when samples keep different counts;
+    #: None when every slot holds real tokens
+    valid: Tensor | None = None
 
     @property
     def num_in(self) -> int:
@@ -151,6 +158,29 @@ class Reduction:
         assign.scatter_(1, plan.lead, torch.arange(m, device=weight.device).expand(b, m))
         assign.scatter_(1, plan.fold, plan.fold_slot)
         return Reduction(assign, weight, plan.lead, plan=plan)
+
+    @staticmethod
+    def stack(parts: list[Reduction], index: list[Tensor], num_in: int) -> Reduction:
+        """One reduction of a batch from one per sample, each over a subset of its tokens.
+
+        ``parts[b]`` (a batch of one) reduces the tokens ``index[b]`` (n_b,) of sample ``b``
+        of a batch of ``num_in`` tokens per sample; tokens outside ``index[b]`` (padding) are
+        dropped. Sample ``b``'s M_b slots come first, in ``parts[b]``'s order, followed by
+        M - M_b padding slots (``valid`` False), M the largest M_b.
+        """
+        device = index[0].device
+        b, m = len(parts), max(p.num_out for p in parts)
+        assign = torch.full((b, num_in), -1, dtype=torch.long, device=device)
+        weight = torch.ones(b, num_in, device=device)
+        anchor = torch.full((b, m), -1, dtype=torch.long, device=device)
+        valid = torch.zeros(b, m, dtype=torch.bool, device=device)
+        for i, (part, idx) in enumerate(zip(parts, index)):
+            assign[i, idx] = part.assign[0]
+            weight[i, idx] = part.weight[0].to(weight.dtype)
+            own = part.anchor[0]
+            anchor[i, : part.num_out] = torch.where(own >= 0, idx[own.clamp_min(0)], -1)
+            valid[i, : part.num_out] = True if part.valid is None else part.valid[0]
+        return Reduction(assign, weight, anchor, valid=valid)
 
     # -- application --------------------------------------------------------------------
     @cached_property

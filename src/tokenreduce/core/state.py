@@ -22,6 +22,10 @@ class TokenState:
     ``protected`` (B, N): tokens no reduction may drop or merge (class, distillation, registers).
     ``merged``: True once any token stands for more than one original token; until then size-
     dependent terms (proportional attention) are skipped so an unreduced model stays bitwise exact.
+    ``valid`` (B, N): True at real tokens, False at padding, for a padded batch whose samples
+    have different real lengths; None when every token is real. Padding stands for no original
+    token (size 0), and a reduction then acts on each sample's real tokens with its own budget
+    (:func:`tokenreduce.core.ragged.reduce_per_sample`).
     """
 
     size: Tensor
@@ -29,21 +33,39 @@ class TokenState:
     position: Tensor
     protected: Tensor
     merged: bool = False
+    valid: Tensor | None = None
     #: the count behind :attr:`num_protected`, read from ``protected`` once and carried on
     _num_protected: int | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def initial(
-        cls, batch: int, num_tokens: int, num_protected: int = 0, device=None, dtype=torch.float32
+        cls,
+        batch: int,
+        num_tokens: int,
+        num_protected: int = 0,
+        device=None,
+        dtype=torch.float32,
+        valid: Tensor | None = None,
     ) -> TokenState:
+        """The state of an unreduced sequence. ``valid`` (B, N) marks the real tokens of a
+        padded batch; a mask with no padding is dropped (the batch is then not ragged)."""
         pos = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
         protected = (pos < num_protected).clone()
+        if valid is not None:
+            if valid.shape != (batch, num_tokens):
+                raise ValueError(
+                    f"valid must be ({batch}, {num_tokens}), one flag per token; got "
+                    f"{tuple(valid.shape)}"
+                )
+            valid = None if bool(valid.all()) else valid.to(device=device, dtype=torch.bool)
+        size = torch.ones(batch, num_tokens, device=device, dtype=dtype)
         return cls(
-            size=torch.ones(batch, num_tokens, device=device, dtype=dtype),
+            size=size if valid is None else valid.to(dtype),
             source=pos.clone(),
             position=pos.clone(),
-            protected=protected,
-            _num_protected=min(num_protected, num_tokens),
+            protected=protected & valid if valid is not None else protected,
+            valid=valid,
+            _num_protected=min(num_protected, num_tokens) if valid is None else None,
         )
 
     @property
@@ -61,8 +83,38 @@ class TokenState:
     def num_original(self) -> int:
         return self.source.shape[1]
 
+    @property
+    def ragged(self) -> bool:
+        """True when some tokens are padding: reductions then act per sample."""
+        return self.valid is not None
+
+    def real_tokens(self, sample: int) -> Tensor:
+        """Indices (n,) of the real tokens of ``sample``, ascending (all of them when the
+        batch has no padding)."""
+        if self.valid is None:
+            return torch.arange(self.num_tokens, device=self.size.device)
+        return self.valid[sample].nonzero().squeeze(1)
+
+    def sample(self, sample: int, index: Tensor) -> TokenState:
+        """The state of one sample restricted to its tokens at ``index`` (n,), as a batch of
+        one: what a method sees when a ragged batch is reduced sample by sample. Original
+        tokens held by a token outside ``index`` (padding) map to -1."""
+        local = torch.full((self.num_tokens,), -1, dtype=torch.long, device=index.device)
+        local[index] = torch.arange(index.numel(), device=index.device)
+        source = self.source[sample]
+        source = local[source.clamp_min(0)].masked_fill(source < 0, -1)
+        protected = self.protected[sample, index][None]
+        return TokenState(
+            size=self.size[sample, index][None],
+            source=source[None],
+            position=self.position[sample, index][None],
+            protected=protected,
+            merged=self.merged,
+        )
+
     def apply(self, red: Reduction) -> TokenState:
-        """The state after ``red``: sizes summed, source map composed, anchors carried."""
+        """The state after ``red``: sizes summed, source map composed, anchors carried.
+        A reduction with padding slots (``red.valid``) leaves a ragged state."""
         kept = self.source >= 0
         source = red.assign.gather(1, self.source.clamp_min(0)).masked_fill(~kept, -1)
         position = red.apply(self.position, "anchor")
@@ -74,8 +126,17 @@ class TokenState:
             position=position,
             protected=red.apply(self.protected, "anchor"),
             merged=self.merged or not red.is_selection,
+            valid=red.valid if red.valid is not None else self._valid_after(red),
             _num_protected=self._num_protected,  # reductions keep every protected token
         )
+
+    def _valid_after(self, red: Reduction) -> Tensor | None:
+        """Real slots after a reduction without padding slots of its own: those whose anchor
+        was real; a synthetic slot (a fused token) holds real tokens."""
+        if self.valid is None:
+            return None
+        valid = red.apply(self.valid, "anchor")
+        return valid if red.synthetic is None else valid | red.synthetic
 
     def unmerge(self, y: Tensor, fill: float = 0.0) -> tuple[Tensor, Tensor]:
         """Map current tokens (B, N, ...) back to the N0 original tokens.

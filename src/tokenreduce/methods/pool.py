@@ -40,6 +40,11 @@ class Pool(TokenMethod):
         self.layers = tuple(sorted(set(self.layers)))
 
     @classmethod
+    def placement(cls, depth: int) -> dict:
+        """One pooling layer, a third of the way through the model."""
+        return {"layers": tuple(layers_at(depth, (1 / 3,)))}
+
+    @classmethod
     def default_sweep(cls, depth: int, quick: bool = False) -> list[TokenMethod]:
         """2 x 2 cells at a third of the depth, then (unless ``quick``) at a sixth."""
         at = (1 / 3,) if quick else (1 / 3, 1 / 6)
