@@ -8,51 +8,32 @@ import pytest
 import torch
 
 import tokenreduce
+from tokenreduce.adapters import ADAPTERS, HFVisionAdapter, TimmViTAdapter
+from tokenreduce.adapters.hf_vision import EXAMPLE_SIZE as HF_SIZE
+from tokenreduce.adapters.timm_vit import EXAMPLE_SIZE as TIMM_SIZE
 
 from .lmutil import padded_batch, tiny_lm
 
 timm = pytest.importorskip("timm")
 
-# name -> timm constructor and kwargs; 8x8 patch grid, 4 blocks, tiny width.
-VIT_VARIANTS = {
-    "cls": ("vit_tiny_patch16_224", {}),
-    "distilled": ("deit_tiny_distilled_patch16_224", {}),
-    "registers": ("vit_tiny_patch16_224", {"reg_tokens": 4}),
-    "avgpool": ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}),
-}
-TINY = {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 48, "num_heads": 3,
-        "num_classes": 10}
-
-
-# Hugging Face vision models of the same shape (32x32 images, patch 4, 4 layers, width 48).
-HF_VARIANTS = ("hf_vit", "hf_dinov2", "hf_clip", "hf_siglip")
-HF_TINY = {"image_size": 32, "patch_size": 4, "num_hidden_layers": 4, "hidden_size": 48,
-           "num_attention_heads": 3}
+# The example models of every registered family (``Adapter.examples``): timm ViTs of every
+# supported layout and Hugging Face vision transformers, 32x32 images in 4x4 patches (an 8x8
+# grid), 4 blocks of width 48; tiny decoders. A family is in the shared suites once registered.
+EXAMPLES = {name: build for a in ADAPTERS for name, build in a.examples().items()}
+VIT_VARIANTS = tuple(TimmViTAdapter.examples())
+HF_VARIANTS = tuple(HFVisionAdapter.examples())
+VISION_VARIANTS = tuple(n for a in ADAPTERS if a.kind == "vision" for n in a.examples())
+TINY = TIMM_SIZE  # the examples' sizes, for the tests' other layouts
+HF_TINY = HF_SIZE
 
 
 def make_hf(variant: str, seed: int = 0) -> torch.nn.Module:
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(seed)
-    if variant == "hf_vit":  # a classifier with the 10-way head, like the timm models
-        cfg = transformers.ViTConfig(**HF_TINY, intermediate_size=96, num_labels=10)
-        return transformers.ViTForImageClassification(cfg).eval()
-    if variant == "hf_dinov2":
-        return transformers.Dinov2Model(transformers.Dinov2Config(**HF_TINY, mlp_ratio=2)).eval()
-    if variant == "hf_clip":
-        cfg = transformers.CLIPVisionConfig(**HF_TINY, intermediate_size=96)
-        return transformers.CLIPVisionModel(cfg).eval()
-    if variant == "hf_siglip":  # no class token, attention-pooling head
-        cfg = transformers.SiglipVisionConfig(**HF_TINY, intermediate_size=96)
-        return transformers.SiglipVisionModel(cfg).eval()
-    raise KeyError(variant)
+    pytest.importorskip("transformers")
+    return EXAMPLES[variant](seed=seed)
 
 
 def make_vit(variant: str = "cls", seed: int = 0) -> torch.nn.Module:
-    if variant in HF_VARIANTS:
-        return make_hf(variant, seed)
-    name, extra = VIT_VARIANTS[variant]
-    torch.manual_seed(seed)
-    return timm.create_model(name, **TINY, **extra).eval()
+    return EXAMPLES[variant](seed=seed)
 
 
 def images(batch: int = 3, seed: int = 1) -> torch.Tensor:
@@ -96,7 +77,7 @@ def num_prefix(model: torch.nn.Module) -> int:
     return tokenreduce.describe(model).num_prefix
 
 
-@pytest.fixture(params=[*VIT_VARIANTS, *HF_VARIANTS])
+@pytest.fixture(params=VISION_VARIANTS)
 def vit(request) -> torch.nn.Module:
     return make_vit(request.param)
 

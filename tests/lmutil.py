@@ -22,30 +22,15 @@ CHAT = (
 def tiny_lm(
     family: str = "llama", layers: int = 2, seed: int = 0, vocab_size: int = 101
 ) -> torch.nn.Module:
-    """A random decoder of ``family`` (``llama``, ``qwen3`` or ``gemma3``): vocabulary
-    ``vocab_size``, width 64, 4 query heads, SDPA attention. Gemma-3's first two layers use a
-    16-token sliding window, the others full attention."""
-    import transformers
+    """The decoder adapter's example of ``family`` (``llama``, ``qwen3`` or ``gemma3``) with
+    ``layers`` layers and vocabulary ``vocab_size``: width 64, 4 query heads, SDPA attention.
+    Gemma-3's first two layers use a 16-token sliding window, the others full attention."""
+    from tokenreduce.adapters import HFDecoderAdapter
 
-    torch.manual_seed(seed)
-    common = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, max_position_embeddings=256, initializer_range=0.3,
-        attn_implementation="sdpa",
-    )  # fmt: skip
-    if family == "llama":
-        cfg = transformers.LlamaConfig(**common, num_key_value_heads=2)
-        return transformers.LlamaForCausalLM(cfg).eval()
-    if family == "qwen3":
-        cfg = transformers.Qwen3Config(**common, num_key_value_heads=2, head_dim=16)
-        return transformers.Qwen3ForCausalLM(cfg).eval()
-    if family == "gemma3":
-        types = ["sliding_attention"] * 2 + ["full_attention"] * (layers - 2)
-        cfg = transformers.Gemma3TextConfig(
-            **common, num_key_value_heads=1, head_dim=16, sliding_window=16, layer_types=types
-        )
-        return transformers.Gemma3ForCausalLM(cfg).eval()
-    raise ValueError(f"unknown family {family!r}")
+    examples = HFDecoderAdapter.examples()
+    if family not in examples:
+        raise ValueError(f"unknown family {family!r}; examples: {', '.join(examples)}")
+    return examples[family](seed=seed, num_hidden_layers=layers, vocab_size=vocab_size)
 
 
 def byte_tokenizer():

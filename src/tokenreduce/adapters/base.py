@@ -91,6 +91,15 @@ class Adapter:
         raise NotImplementedError
 
     @classmethod
+    def examples(cls) -> dict[str, Callable[..., nn.Module]]:
+        """Tiny randomly initialised models of the family's layouts, by name: each a function
+        of ``seed`` (and, where the family allows, keyword overrides of its configuration)
+        that builds a model in milliseconds, with no download. The shared invariant suites
+        run every method the family accepts on each of them, so a family is tested the moment
+        it is registered; it must give at least one."""
+        raise NotImplementedError(f"{cls.__name__} gives no example models")
+
+    @classmethod
     def blocks(cls, model: nn.Module) -> list[nn.Module]:
         """The model's transformer blocks in order (vision families)."""
         raise TypeError(f"a {type(model).__name__} ({cls.family}) has no vision blocks")

@@ -35,6 +35,7 @@ import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -75,6 +76,27 @@ _HINTS = {
     "CLIPModel": "patch its vision tower instead: tokenreduce.patch(model.vision_model, ...)",
     "SiglipModel": "patch its vision tower instead: tokenreduce.patch(model.vision_model, ...)",
 }
+
+
+#: :meth:`HFVisionAdapter.examples`: name -> (config class, model class, their extra fields)
+_TINY = {
+    "hf_vit": ("ViTConfig", "ViTForImageClassification",
+               {"intermediate_size": 96, "num_labels": 10}),
+    "hf_dinov2": ("Dinov2Config", "Dinov2Model", {"mlp_ratio": 2}),
+    "hf_clip": ("CLIPVisionConfig", "CLIPVisionModel", {"intermediate_size": 96}),
+    "hf_siglip": ("SiglipVisionConfig", "SiglipVisionModel", {"intermediate_size": 96}),
+}  # fmt: skip
+EXAMPLE_SIZE = {"image_size": 32, "patch_size": 4, "num_hidden_layers": 4, "hidden_size": 48,
+              "num_attention_heads": 3}  # fmt: skip
+
+
+def _tiny_hf(name: str, seed: int = 0, **overrides) -> nn.Module:
+    import transformers
+
+    config, model, extra = _TINY[name]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config)(**{**EXAMPLE_SIZE, **extra, **overrides})
+    return getattr(transformers, model)(cfg).eval()
 
 
 def _module_family(model: nn.Module) -> str | None:
@@ -125,6 +147,12 @@ class HFVisionAdapter(VisionAdapter):
                 f"classes: {', '.join(_SPECS)}" + (f". For a {name}, {hint}" if hint else "")
             )
         return spec
+
+    @classmethod
+    def examples(cls) -> dict[str, Callable[..., nn.Module]]:
+        """32x32 images in 4x4 patches, 4 layers of width 48: a ViT classifier (10 labels),
+        DINOv2, CLIP vision, and SigLIP vision (no class token, attention-pooling head)."""
+        return {name: partial(_tiny_hf, name) for name in _TINY}
 
     @classmethod
     def describe(cls, model: nn.Module) -> ModelInfo:

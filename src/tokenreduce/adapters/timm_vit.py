@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +82,13 @@ class TimmViTAdapter(VisionAdapter):
         )
 
     @classmethod
+    def examples(cls) -> dict[str, Callable[..., nn.Module]]:
+        """32x32 images in 4x4 patches (an 8x8 grid), 4 blocks of width 48, 10 classes: with a
+        class token, with a distillation token, with 4 register tokens, and average pooling
+        without a class token."""
+        return {name: partial(_tiny_vit, arch, extra) for name, (arch, extra) in _TINY.items()}
+
+    @classmethod
     def blocks(cls, model: nn.Module) -> list[nn.Module]:
         return list(model.blocks)
 
@@ -123,6 +132,24 @@ class TimmViTAdapter(VisionAdapter):
         if isinstance(head, nn.Linear):
             flops += head.in_features * head.out_features
         return flops / 1e9
+
+
+#: :meth:`TimmViTAdapter.examples`: name -> timm architecture and its layout's arguments
+_TINY = {
+    "cls": ("vit_tiny_patch16_224", {}),
+    "distilled": ("deit_tiny_distilled_patch16_224", {}),
+    "registers": ("vit_tiny_patch16_224", {"reg_tokens": 4}),
+    "avgpool": ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}),
+}
+EXAMPLE_SIZE = {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 48, "num_heads": 3,
+              "num_classes": 10}  # fmt: skip
+
+
+def _tiny_vit(arch: str, layout: dict, seed: int = 0, **overrides) -> nn.Module:
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(arch, **{**EXAMPLE_SIZE, **layout, **overrides}).eval()
 
 
 def _make_block_forward(adapter: TimmViTAdapter, layer: int):

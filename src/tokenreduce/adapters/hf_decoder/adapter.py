@@ -4,6 +4,7 @@ effect, and the analytic cost of a decoding step."""
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from ..base import Adapter, Trace
 from .attention import AttentionSite
 from .cache_layer import held
 from .calls import find_cache, output_cache
+from .examples import EXAMPLES
 from .family import CLASSES, SUPPORTED, text_config
 from .prefill import LayerSite
 from .trace import Forward, KVTrace
@@ -49,6 +51,12 @@ class HFDecoderAdapter(Adapter):
             kind=cls.kind,
             sites=cls.sites,
         )
+
+    @classmethod
+    def examples(cls) -> dict[str, Callable[..., nn.Module]]:
+        """Llama, Qwen3 (``q_norm``/``k_norm``) and Gemma-3 (sliding-window layers), tiny and
+        random (``examples.py``); keyword arguments override config fields."""
+        return dict(EXAMPLES)
 
     def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__(model, method)

@@ -1,0 +1,66 @@
+"""Every registered model family, on each of its example models (``Adapter.examples``), with
+every registered method of a kind it accepts: the family and the method are tested here the
+moment they are registered, with no table to edit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokenreduce
+from tokenreduce.adapters import ADAPTERS, find_adapter
+from tokenreduce.methods import available, get
+
+from ..conftest import images, output
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+CASES = [
+    pytest.param(adapter, example, name, id=f"{example}-{name}")
+    for adapter in ADAPTERS
+    for example in adapter.examples()
+    for name in available()
+    if issubclass(get(name), adapter.accepts)
+]
+
+
+def inputs(model: torch.nn.Module, kind: str) -> tuple[tuple, dict]:
+    """Two images for a vision model; two prompts, the second left-padded, for a decoder."""
+    if kind == "vision":
+        return (images(2),), {}
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (2, 16), generator=g)  # within windows
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    return (ids,), {"attention_mask": mask, "use_cache": True}
+
+
+def method(name: str, model: torch.nn.Module, **overrides):
+    cls = get(name)
+    depth = tokenreduce.describe(model).num_layers
+    return cls.for_tests(**{**cls.placement(depth), **overrides})
+
+
+def test_every_family_gives_example_models():
+    for adapter in ADAPTERS:
+        examples = adapter.examples()
+        assert examples, f"{adapter.__name__} gives no example model"
+        for name, build in examples.items():
+            assert find_adapter(build()) is adapter, f"{name} is not matched by its family"
+
+
+@pytest.mark.parametrize(("adapter", "example", "name"), CASES)
+@torch.no_grad()
+def test_every_family_runs_every_method_it_accepts(adapter, example, name):
+    model = adapter.examples()[example]()
+    args, kwargs = inputs(model, adapter.kind)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = output(model(*args, **kwargs))
+    identity = method(name, model, **{get(name).budget_param: get(name).budget_identity})
+    with tokenreduce.patch(model, identity):
+        assert torch.equal(output(model(*args, **kwargs)), plain), "zero budget changed outputs"
+    with tokenreduce.patch(model, method(name, model)) as handle:
+        reduced = output(model(*args, **kwargs))  # the guard raises if nothing was reduced
+    assert handle.gflops() < handle.baseline_gflops() or not torch.equal(reduced, plain)
+    assert torch.equal(output(model(*args, **kwargs)), plain), "unpatch left a change"
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
