@@ -5,6 +5,7 @@ real tokenizer); one check on the real 135M model."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -140,7 +141,14 @@ def test_projector_file_round_trip_and_mismatch(tokenizer, tmp_path):
 def _train(tokenizer, data, out, steps: int):
     model, processor = tiny(tokenizer, seed=5)  # the run's own seed sets the projector
     opts = ls.TrainOptions(
-        out=out, steps=steps, seed=3, batch_size=2, warmup=1, save_every=1, log_every=1
+        out=out,
+        steps=steps,
+        seed=3,
+        batch_size=2,
+        warmup=1,
+        save_every=1,
+        log_every=1,
+        command="tiny run",
     )
     lines: list[str] = []
     result = ls.train(model, processor, [data], opts, log=lines.append)
@@ -150,6 +158,7 @@ def _train(tokenizer, data, out, steps: int):
 def test_resumed_training_equals_an_uninterrupted_run(tokenizer, data, tmp_path):
     straight, result, lines = _train(tokenizer, data, tmp_path / "a", steps=2)
     assert result["step"] == 2 and len(lines) == 2 and "loss" in lines[-1]
+    assert json.loads((tmp_path / "a" / "state.json").read_text())["command"] == "tiny run"
     _train(tokenizer, data, tmp_path / "b", steps=1)
     resumed, result, lines = _train(tokenizer, data, tmp_path / "b", steps=2)
     assert result["step"] == 2 and lines[0].startswith("step 2/2")
@@ -192,9 +201,14 @@ def test_evaluation_counts_exact_matches_per_type(tokenizer, data, monkeypatch, 
     assert result["per_type"]["count"]["accuracy"] == 0.0
     assert all(r["accuracy"] == 1.0 for t, r in result["per_type"].items() if t != "count")
     assert sum(r["n"] for r in result["per_type"].values()) == result["n"] == len(data)
-    state = {"step": 2, "train_seconds": 8.0, "run": {"batch_size": 2, "lr": 1e-3, "seed": 0}}
-    card = ls.model_card([result], state, "python -m x train", [data])
-    assert "| count |" in card and "scenes/train" in card and "4.00 s/step" in card
+    run = {"batch_size": 2, "lr": 1e-3, "seed": 0}
+    state = {"step": 2, "train_seconds": 8.0, "run": run, "command": "python -m x train"}
+    card = ls.model_card([result], state, "python -m x evaluate", [data])
+    assert f"| count | {result['per_type']['count']['n']} | 0.0% |" in card
+    assert "scenes/train" in card and "4.00 s/step" in card
+    assert (
+        "trained by: `python -m x train`" in card and "evaluated by: `python -m x evaluate`" in card
+    )
 
 
 def test_answer_word_takes_the_first_word():

@@ -180,6 +180,7 @@ def save_projector(model: Any, path: Path, info: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     meta = {"llava_shapes": json.dumps({"image_size": IMAGE_SIZE, **info})}
     save_file(projector_state(model), str(tmp), metadata=meta)
+    tmp.chmod(0o644)  # a file others read (bundled, shared caches), like the rest
     tmp.replace(path)
 
 
@@ -255,14 +256,17 @@ def load(
     return model, processor
 
 
-@register(
-    "llava-shapes",
-    "LLaVA (LlavaForConditionalGeneration): DINOv2 ViT-S/14 at 112 px (64 visual tokens) + "
-    "SmolLM2-135M-Instruct, projector trained on easy-VQA and seeded shape scenes; "
-    "(model, processor); train with python -m tokenreduce.assets.llava_shapes train",
-)
 def _llava_shapes(**kwargs: Any) -> tuple[Any, Any]:
     return load(**kwargs)
+
+
+if __name__ != "__main__":  # run with -m, the package has registered its own import already
+    register(
+        "llava-shapes",
+        "LLaVA (LlavaForConditionalGeneration): DINOv2 ViT-S/14 at 112 px (64 visual tokens) + "
+        "SmolLM2-135M-Instruct, projector trained on easy-VQA and seeded shape scenes; "
+        "(model, processor); train with python -m tokenreduce.assets.llava_shapes train",
+    )(_llava_shapes)
 
 
 # --- training ------------------------------------------------------------------------------
@@ -379,6 +383,7 @@ class TrainOptions:
     warmup: int = 30
     save_every: int = 50
     log_every: int = 10
+    command: str = ""  # recorded in state.json for the model card
 
     def run_key(self, data_names: list[str]) -> dict[str, Any]:
         return {
@@ -402,7 +407,13 @@ def _save_checkpoint(
     torch.save(optimizer.state_dict(), tmp)
     tmp.replace(opts.out / "optimizer.pt")
     save_projector(model, opts.out / PROJECTOR_FILE, {"step": step, "seed": opts.seed})
-    state = {"step": step, "steps": opts.steps, "train_seconds": seconds, "run": key}
+    state = {
+        "step": step,
+        "steps": opts.steps,
+        "train_seconds": seconds,
+        "run": key,
+        "command": opts.command,
+    }
     tmp = opts.out / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1) + "\n")
     tmp.replace(opts.out / "state.json")
@@ -455,6 +466,7 @@ def _train_step(
         [data[s].questions[q] for s, q in items],
         [data[s].answers[q] for s, q in items],
     )
+    enc = {k: v.to(model.device) for k, v in enc.items()}
     keys = [(data[s].name, i) for (s, _), i in zip(items, image_ids, strict=True)]
     features = cache.get(keys, enc["pixel_values"])
     for group in optimizer.param_groups:
@@ -528,6 +540,7 @@ def predict(
             [split.questions[i] for i in chunk],
         )
         enc.pop("position_ids")  # generate derives them from the mask at every step
+        enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
             ids = model.generate(
                 **enc,
@@ -596,7 +609,8 @@ def model_card(
         "",
         "## Training",
         "",
-        f"- command: `{command}`",
+        f"- trained by: `{state.get('command') or 'unknown'}`",
+        f"- evaluated by: `{command}`",
         f"- steps: {state['step']}, batch {state['run']['batch_size']}, peak lr "
         f"{state['run']['lr']}, seed {state['run']['seed']}",
         f"- training time: {state['train_seconds'] / 60:.1f} min "
@@ -644,6 +658,7 @@ def _parser() -> Any:
         p.add_argument("--data-seed", type=int, default=0, help="seed of the scene data")
         p.add_argument("--eval-limit", type=int, default=600, help="questions per test split")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     sub.choices["evaluate"].add_argument("--checkpoint", type=Path, default=None)
     return parser
 
@@ -693,6 +708,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "evaluate":
         folder = find_checkpoint(args.checkpoint).parent
         model, processor = load(checkpoint=folder)
+        model.to(args.device)
         return _evaluate_and_card(model, processor, folder, train_data, test_data, args, command)
     opts = TrainOptions(
         args.out or default_dir(),
@@ -703,8 +719,10 @@ def main(argv: list[str] | None = None) -> None:
         args.warmup,
         args.save_every,
         args.log_every,
+        command,
     )
     model, processor = load(untrained=True, seed=args.seed)
+    model.to(args.device)
     result = train(model, processor, train_data, opts, log=lambda s: print(s, flush=True))
     print(
         f"trained to step {result['step']} in {result['train_seconds'] / 60:.1f} min; "
