@@ -198,6 +198,9 @@ def test_evaluation_counts_exact_matches_per_type(tokenizer, data, monkeypatch, 
         ],
     )
     result = ls.evaluate(model, processor, data)
+    assert result["mean_per_type"] == pytest.approx(1 - 1 / len(result["per_type"]))
+    capped = ls.evaluate(model, processor, data, limit=2)
+    assert {r["n"] for r in capped["per_type"].values()} == {2} and capped["n"] == 2 * 5
     assert result["per_type"]["count"]["accuracy"] == 0.0
     assert all(r["accuracy"] == 1.0 for t, r in result["per_type"].items() if t != "count")
     assert sum(r["n"] for r in result["per_type"].values()) == result["n"] == len(data)
