@@ -8,10 +8,12 @@ embedding row is the mean of the others. Between them LLaVA's two-layer projecto
 (384 -> 576 -> 576, GELU), the only trained part, trained on easy-VQA and seeded
 multi-object scenes (:mod:`tokenreduce.data.vqa`).
 
-Why 112 pixels: the frozen LLM's forward and backward dominate a training step and grow with
-the prompt; 64 visual tokens make a ~95-token prompt, while 224 pixels (256 visual tokens) makes
-~290, about 3x the cost per step, for images (64 px easy-VQA, 112 px scenes) that hold no
-detail finer than 112 px can show.
+Why 112 pixels: the frozen LLM's forward and backward (the gradient reaches the projector
+through all 30 layers) dominate a training step and grow with the prompt. 64 visual tokens make
+a ~100-token prompt, and a step of batch 8 takes ~3.3 s on 2 idle CPU cores; 224 pixels (256
+visual tokens) make ~290 tokens, measured 1.5x slower per step on busy cores and more on idle
+ones, for images (64 px easy-VQA, 112 px scenes) with no detail that 112 px cannot show. The
+vision tower's features are computed once per image during training (:class:`FeatureCache`).
 
 Only the projector is saved (safetensors, ~2 MB); everything else is rebuilt from the offline
 packages. The prompt is SmolLM2's chat format with a short system message::
