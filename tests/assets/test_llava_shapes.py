@@ -178,6 +178,9 @@ def test_resuming_with_other_options_is_refused(tokenizer, data, tmp_path):
     opts = ls.TrainOptions(out=tmp_path, steps=2, seed=4, batch_size=2)
     with pytest.raises(ValueError, match=r"resume with the same options"):
         ls.train(model, processor, [data], opts)
+    same_options = ls.TrainOptions(out=tmp_path, steps=2, seed=3, batch_size=2, warmup=1)
+    with pytest.raises(ValueError, match=r"resume with the same options"):  # other scenes
+        ls.train(model, processor, [scenes_vqa("train", 12, seed=1)], same_options)
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():

@@ -11,8 +11,8 @@ multi-object scenes (:mod:`tokenreduce.data.vqa`).
 Why 112 pixels: the frozen LLM's forward and backward (the gradient reaches the projector
 through all 30 layers) dominate a training step and grow with the prompt. 64 visual tokens make
 a ~100-token prompt, and a step of batch 8 takes ~3.3 s on 2 idle CPU cores; 224 pixels (256
-visual tokens) make ~290 tokens, measured 1.5x slower per step on busy cores and more on idle
-ones, for images (64 px easy-VQA, 112 px scenes) with no detail that 112 px cannot show. The
+visual tokens) make ~290 tokens, 1.5x slower per step (both timed on the same busy cores),
+for images (64 px easy-VQA, 112 px scenes) with no detail that 112 px cannot show. The
 vision tower's features are computed once per image during training (:class:`FeatureCache`).
 
 Only the projector is saved (safetensors, ~2 MB); everything else is rebuilt from the offline
@@ -377,6 +377,15 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def fingerprint(split: Any) -> str:
+    """``name:digest`` of a split's questions and answers: a resumed run must see the same data
+    (the same scene count and data seed), not only the same names."""
+    import hashlib
+
+    text = "\n".join(split.questions + split.answers)
+    return f"{split.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """A training run. ``out`` holds its checkpoint; a run resumes from it when the options
@@ -499,7 +508,7 @@ def train(
 
     import torch
 
-    key = opts.run_key([d.name for d in data])
+    key = opts.run_key([fingerprint(d) for d in data])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.0)
     step, seconds = _resume(model, optimizer, opts, key)
