@@ -11,8 +11,8 @@ multi-object scenes (:mod:`tokenreduce.data.vqa`).
 Why 112 pixels: the frozen LLM's forward and backward (the gradient reaches the projector
 through all 30 layers) dominate a training step and grow with the prompt. 64 visual tokens make
 a ~100-token prompt, and a step of batch 8 takes ~3.3 s on 2 idle CPU cores; 224 pixels (256
-visual tokens) make ~290 tokens, 1.5x slower per step (both timed on the same busy cores),
-for images (64 px easy-VQA, 112 px scenes) with no detail that 112 px cannot show. The
+visual tokens) make ~290 tokens: on one CPU core a step took ~5 s at 112 px and ~17 s at
+224 px (3.4x), for images (64 px easy-VQA, 112 px scenes) with no detail that 112 px cannot show. The
 vision tower's features are computed once per image during training (:class:`FeatureCache`).
 
 Only the projector is saved (safetensors, ~2 MB); everything else is rebuilt from the offline
