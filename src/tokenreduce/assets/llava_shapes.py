@@ -12,8 +12,8 @@ Why 112 pixels: the frozen LLM's forward and backward (the gradient reaches the 
 through all 30 layers) dominate a training step and grow with the prompt. 64 visual tokens make
 a ~100-token prompt, and a step of batch 8 takes ~3.3 s on 2 idle CPU cores; 224 pixels (256
 visual tokens) make ~290 tokens: on one CPU core a step took ~5 s at 112 px and ~17 s at
-224 px (3.4x), for images (64 px easy-VQA, 112 px scenes) with no detail that 112 px cannot show. The
-vision tower's features are computed once per image during training (:class:`FeatureCache`).
+224 px (3.4x), for images (64 px easy-VQA, 112 px scenes) with no detail that 112 px cannot
+show. The vision tower's features are computed once per image in training (:class:`FeatureCache`).
 
 Only the projector is saved (safetensors, ~2 MB); everything else is rebuilt from the offline
 packages. The prompt is SmolLM2's chat format with a short system message::
