@@ -84,6 +84,12 @@ def info(num_layers: int) -> ModelInfo:
     return ModelInfo("test", num_layers=num_layers, num_prefix=0, has_class_token=False, grid=None)
 
 
+def prompt_keep(method, num_layers: int, site: int, n: int) -> int:
+    """Prompt tokens a prefill method keeps at ``site`` of a prompt of ``n`` real tokens: its
+    budget's share of the reducible ones, plus the ``keep_last`` it always keeps."""
+    return method.budget(info(num_layers)).keep(site, n - method.keep_last) + method.keep_last
+
+
 def cache_lengths(cache) -> list[int]:
     """Entries each layer of a transformers cache holds."""
     return [layer.keys.shape[2] for layer in cache.layers]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import adapters
 from .adapters import Adapter, Trace, find_adapter
 from .core.context import ModelInfo
 from .core.state import TokenState
@@ -74,29 +75,36 @@ class Handle:
         return "unreduced" if self.method is None else repr(self.method)
 
 
-def describe(model: nn.Module) -> ModelInfo:
+def describe(model: nn.Module, kind: type[Method] | None = None) -> ModelInfo:
     """What tokenreduce knows of ``model``, answered by the adapter of its family.
 
+    Args:
+        model: a model of a supported family.
+        kind: a method class (``tokenreduce.methods.TokenMethod``, a registered method's
+            class, ...): the facts such a method sees, where a family's sites for that kind
+            form a model of their own (a vision-language model's token methods see the
+            handoff site alone: one site over each image's tokens).
+
     Returns:
-        A :class:`~tokenreduce.core.context.ModelInfo`: ``kind`` ("vision" or "language"),
-        ``num_layers`` (depth: blocks or decoder layers), ``num_prefix`` (leading protected
-        tokens: class, distillation, registers; 0 for a language model), ``grid`` (the
-        configured patch grid (rows, cols), None for a language model), ``sites`` (where the
-        adapter reduces) and ``family``.
+        A :class:`~tokenreduce.core.context.ModelInfo`: ``kind`` ("vision", "language" or
+        "vision-language"), ``num_layers`` (depth: blocks or decoder layers; the sites a method
+        of ``kind`` indexes), ``num_prefix`` (leading protected tokens: class, distillation,
+        registers; 0 for a language model), ``grid`` (the configured patch grid (rows, cols),
+        None for a language model), ``sites`` (where the adapter reduces) and ``family``.
 
     Raises:
         TypeError: the model's family is not supported (the same message as :func:`patch`).
     """
-    return find_adapter(model).describe(model)
+    return adapters.describe(model, kind)
 
 
 def _unreduced(adapter: type[Adapter], model: nn.Module) -> Method:
     """A method of a kind ``adapter`` takes, placed in ``model`` at the budget that removes
     nothing (the first registered such method, so the choice is stable)."""
-    depth = adapter.describe(model).num_layers
     for name in available():
         cls = get(name)
         if issubclass(cls, adapter.accepts):
+            depth = adapter.describe_for(model, cls).num_layers
             return cls(**{cls.budget_param: cls.budget_identity}, **cls.placement(depth))
     raise TypeError(f"no registered method fits {adapter.family}")  # pragma: no cover
 

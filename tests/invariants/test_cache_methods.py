@@ -18,7 +18,7 @@ from tokenreduce import methods
 from tokenreduce.adapters.hf_decoder import cache_bytes, output_cache
 from tokenreduce.methods.base import InvalidParameter
 
-from ..lmutil import PROMPT, cache_lengths, generate, info, make
+from ..lmutil import PROMPT, cache_lengths, generate, info, make, prompt_keep
 
 transformers = pytest.importorskip("transformers")
 
@@ -219,7 +219,7 @@ def test_prefill_pruning_shrinks_later_layers(name, llama, batch):
     method = make_prefill(name, 0.5)
     lengths = mask.sum(1).tolist()
     last = method.sites(2)[-1]
-    m = max(method.budget(info(2)).keep(last, n) for n in lengths)
+    m = max(prompt_keep(method, 2, last, n) for n in lengths)
     with tokenreduce.patch(llama, method) as handle:
         out = llama(ids, attention_mask=mask, use_cache=True)
         assert handle.trace.kv_entries == [None, m]

@@ -25,19 +25,32 @@ CASES = [
 
 
 def inputs(model: torch.nn.Module, kind: str) -> tuple[tuple, dict]:
-    """Two images for a vision model; two prompts, the second left-padded, for a decoder."""
+    """Two images for a vision model; two prompts, the second left-padded, for a decoder; for
+    a vision-language model, prompts with one image's placeholders each, and the images."""
     if kind == "vision":
         return (images(2),), {}
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, model.config.vocab_size, (2, 16), generator=g)  # within windows
+    cfg = model.config.get_text_config()
+    ids = torch.randint(10, cfg.vocab_size, (2, 16), generator=g)  # within sliding windows
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
-    return (ids,), {"attention_mask": mask, "use_cache": True}
+    kwargs = {"attention_mask": mask, "use_cache": True}
+    if kind == "vision-language":  # LLaVA's layout: grid cells, plus the class token if "full"
+        rows, cols = tokenreduce.describe(model).grid
+        n = rows * cols + (model.config.vision_feature_select_strategy == "full")
+        ids = torch.cat(
+            [ids[:, :4], torch.full((2, n), model.config.image_token_id), ids[:, 4:]], 1
+        )
+        kwargs["attention_mask"] = torch.cat([mask[:, :4], torch.ones(2, n, dtype=mask.dtype),
+                                              mask[:, 4:]], 1)  # fmt: skip
+        size = model.config.vision_config.image_size
+        kwargs["pixel_values"] = torch.randn(2, 3, size, size, generator=g)
+    return (ids,), kwargs
 
 
 def method(name: str, model: torch.nn.Module, **overrides):
     cls = get(name)
-    depth = tokenreduce.describe(model).num_layers
+    depth = tokenreduce.describe(model, cls).num_layers
     return cls.for_tests(**{**cls.placement(depth), **overrides})
 
 

@@ -19,7 +19,7 @@ from tokenreduce.methods import InvalidParameter, build
 from tokenreduce.methods.lazyllm import LazyLLM
 
 from ..lmutil import PROMPT as N
-from ..lmutil import generate, info, tiny_lm
+from ..lmutil import generate, prompt_keep, tiny_lm
 
 pytest.importorskip("transformers")
 
@@ -62,17 +62,16 @@ def test_default_sites_spread_over_depth():
     assert LazyLLM(num_stages=2).sites(12) == (5,)
     assert LazyLLM(layers=(3, 9)).sites(30) == (3, 9)
     # Later sites prune more; the last removes prune_ratio of the unprotected tokens.
-    budget = m.budget(info(30))
-    keep = [budget.keep(s, 101) for s in m.sites(30)]
-    assert keep == [101 - 16, 101 - 33, 101 - 50] and budget.keep(m.sites(30)[-1], 101) == 51
+    keep = [prompt_keep(m, 30, s, 101) for s in m.sites(30)]
+    assert keep == [101 - 16, 101 - 33, 101 - 50] and prompt_keep(m, 30, m.sites(30)[-1], 101) == 51
 
 
 def test_progressive_sites_shrink_the_layers(llama, batch):
     ids, mask = batch
     method = LazyLLM(prune_ratio=0.6)
     lengths = mask.sum(1).tolist()
-    budget, sites = method.budget(info(4)), method.sites(4)
-    m = [max(budget.keep(s, n) for n in lengths) for s in sites]
+    sites = method.sites(4)
+    m = [max(prompt_keep(method, 4, s, n) for n in lengths) for s in sites]
     assert m[0] > m[1] > m[2]
     with tokenreduce.patch(llama, method) as handle:
         out = llama(ids, attention_mask=mask, use_cache=True)
@@ -80,7 +79,7 @@ def test_progressive_sites_shrink_the_layers(llama, batch):
         assert [k.shape[1] for k in handle.trace.prefill_kept] == m
         for row, n in enumerate(lengths):  # each sample keeps exactly its own budget
             counts = [int((k[row] >= 0).sum()) for k in handle.trace.prefill_kept]
-            assert counts == [budget.keep(s, n) for s in sites]
+            assert counts == [prompt_keep(method, 4, s, n) for s in sites]
     assert [layer.keys.shape[2] for layer in output_cache(out).layers] == [N, *m]
     assert out.logits.shape[1] == m[2] and bool(torch.isfinite(out.logits).all())
 

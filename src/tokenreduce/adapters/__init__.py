@@ -5,12 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.context import ModelInfo
+from ..methods.base import Method
 from .base import Adapter, ReductionNotApplied, Trace
 from .hf_decoder import HFDecoderAdapter, cache_bytes, cache_kwargs, find_cache, output_cache
+from .hf_llava import HFLlavaAdapter
 from .hf_vision import HFVisionAdapter
 from .timm_vit import TimmViTAdapter
 
-ADAPTERS: list[type[Adapter]] = [TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter]
+ADAPTERS: list[type[Adapter]] = [TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter, HFLlavaAdapter]
 
 
 def find_adapter(model: nn.Module) -> type[Adapter]:
@@ -24,9 +26,11 @@ def find_adapter(model: nn.Module) -> type[Adapter]:
     )
 
 
-def describe(model: nn.Module) -> ModelInfo:
-    """Facts about ``model`` from the adapter of its family (TypeError if none matches)."""
-    return find_adapter(model).describe(model)
+def describe(model: nn.Module, kind: type[Method] | None = None) -> ModelInfo:
+    """Facts about ``model`` from the adapter of its family (TypeError if none matches), as
+    a method of class ``kind`` sees them when given."""
+    family = find_adapter(model)
+    return family.describe(model) if kind is None else family.describe_for(model, kind)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

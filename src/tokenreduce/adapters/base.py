@@ -79,7 +79,7 @@ class Adapter:
             )
         self.model = model
         self.method = method
-        self.info: ModelInfo = self.describe(model)
+        self.info: ModelInfo = self.describe_for(model, type(method))
         method.check_model(self.info)
         self.budget: Budget = method.budget(self.info)
         self.trace = Trace()
@@ -89,6 +89,12 @@ class Adapter:
         """Facts about ``model`` (kind, depth, prefix tokens, grid, sites); TypeError when a
         model of the family has a layout the adapter does not support."""
         raise NotImplementedError
+
+    @classmethod
+    def describe_for(cls, model: nn.Module, kind: type[Method]) -> ModelInfo:
+        """The facts a method of class ``kind`` sees: :meth:`describe`, unless the family's
+        sites for that kind form a model of their own (a vision-language model's handoff)."""
+        return cls.describe(model)
 
     @classmethod
     def examples(cls) -> dict[str, Callable[..., nn.Module]]:

@@ -73,19 +73,19 @@ def removed_count(n: int, ratio: float) -> int:
 @dataclass(frozen=True)
 class StagedPrune(Budget):
     """Prompt pruning at ``sites`` (ascending layers): after site i of K, the share
-    ``ratio * (i + 1) / K`` of the tokens beyond the ``protected`` last ones is gone. ``n`` is
-    the prompt's length; a layer that is no site keeps all ``n``."""
+    ``ratio * (i + 1) / K`` of the ``n`` reducible prompt tokens (the protected ones, such as
+    the last token or a vision-language model's text, are not counted) is gone. A layer that
+    is no site keeps all ``n``."""
 
     ratio: float
     sites: tuple[int, ...]
-    protected: int = 1
 
     def keep(self, site: int, n: int) -> int:
         if site not in self.sites:
             return n
         stage = self.sites.index(site)
         share = self.ratio * (stage + 1) / len(self.sites)
-        return n - removed_count(n - min(n, self.protected), share)
+        return n - removed_count(n, share)
 
 
 def as_layers(layers: int | Sequence[int]) -> tuple[int, ...]:

@@ -164,12 +164,35 @@ def grid_pool(
     grid position (synthetic) and protected tokens are kept as they are.
     """
     h, w = grid
+    cells = (-(-h // kernel), -(-w // kernel))
+    return _pool_cells(position, grid, cells, lambda r, c: (r // kernel, c // kernel),
+                       protected, size, num_prefix)  # fmt: skip
+
+
+def grid_downsample(
+    position: Tensor, grid: tuple[int, int], out: tuple[int, int], protected: Tensor,
+    size: Tensor, num_prefix: int,
+) -> Reduction:
+    """Average-pool the patch grid (h, w) down to ``out`` (h', w') cells: row ``i`` joins
+    cell row ``i * h' // h`` (likewise for columns), a partition of the grid into cells of
+    near-equal size (adaptive pooling without overlapping cells). As :func:`grid_pool`
+    otherwise."""
+    h, w = grid
+    return _pool_cells(position, grid, out, lambda r, c: (r * out[0] // h, c * out[1] // w),
+                       protected, size, num_prefix)  # fmt: skip
+
+
+def _pool_cells(position, grid, cells, cell_of, protected, size, num_prefix) -> Reduction:
+    """Average the grid tokens of each cell; ``cell_of(row, col)`` names a token's cell in a
+    ``cells`` = (rows, cols) grid of cells."""
+    w = grid[1]
     b, n = position.shape
     patch = (position - num_prefix).clamp_min(0)
-    cell = (patch // w) // kernel * ((w + kernel - 1) // kernel) + (patch % w) // kernel
+    row, col = cell_of(patch // w, patch % w)
+    cell = row * cells[1] + col
     on_grid = (position >= num_prefix) & ~protected
     # Group key: cell id for grid tokens, a unique id beyond every cell for the others.
-    n_cells = ((h + kernel - 1) // kernel) * ((w + kernel - 1) // kernel)
+    n_cells = cells[0] * cells[1]
     key = torch.where(on_grid, cell, n_cells + torch.arange(n, device=position.device))
     # The first token (lowest index) of each key owns the slot.
     first = torch.full((b, n_cells + n), n, dtype=torch.long, device=position.device)
@@ -177,3 +200,34 @@ def grid_pool(
     group = first.gather(1, key)
     owns_slot = group == torch.arange(n, device=position.device)
     return Reduction.from_groups(group, size, owns_slot)
+
+
+def max_min_diverse(features: Tensor, keep: int, protected: Tensor) -> Reduction:
+    """Keep the ``keep`` unprotected tokens that best cover the features: the greedy answer to
+    the max-min diversity problem (DivPrune, Alvar et al., CVPR 2025), in cosine distance.
+
+    The first token kept is the one farthest from its nearest neighbour; each next one is the
+    token whose nearest kept token is farthest. Protected tokens are kept and take no part.
+
+    Args:
+        features: (B, N, C) token features.
+        keep: unprotected tokens to keep.
+        protected: (B, N) bool, the same number in every sample.
+    """
+    x = F.normalize(features.float(), dim=-1)
+    distance = 1.0 - x @ x.transpose(1, 2)  # (B, N, N)
+    b, n = protected.shape
+    free = ~protected
+    distance = distance.masked_fill(~(free[:, :, None] & free[:, None, :]), float("inf"))
+    eye = torch.eye(n, dtype=torch.bool, device=features.device)
+    nearest = distance.masked_fill(eye, float("inf")).amin(2)  # to any other free token
+    chosen = torch.zeros(b, n, dtype=torch.bool, device=features.device)
+    to_chosen = torch.full((b, n), float("inf"), device=features.device)
+    rows = torch.arange(b, device=features.device)
+    for step in range(keep):
+        score = nearest if step == 0 else to_chosen
+        pick = score.masked_fill(chosen | protected, float("-inf")).argmax(1)
+        chosen[rows, pick] = True
+        to_chosen = torch.minimum(to_chosen, distance[rows, pick])
+    kept = (chosen | protected).nonzero()[:, 1].view(b, -1)
+    return Reduction.select(kept, n)

@@ -174,7 +174,7 @@ class Reduction:
         weight = torch.ones(b, num_in, device=device)
         anchor = torch.full((b, m), -1, dtype=torch.long, device=device)
         valid = torch.zeros(b, m, dtype=torch.bool, device=device)
-        for i, (part, idx) in enumerate(zip(parts, index)):
+        for i, (part, idx) in enumerate(zip(parts, index, strict=True)):
             assign[i, idx] = part.assign[0]
             weight[i, idx] = part.weight[0].to(weight.dtype)
             own = part.anchor[0]

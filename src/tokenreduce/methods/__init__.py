@@ -5,7 +5,7 @@ Each method class is importable from here under its own name (``tokenreduce.meth
 
 >>> from tokenreduce import methods
 >>> [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
-['evit', 'pool', 'prunemerge', 'random', 'tome', 'topk']
+['divprune', 'downsample', 'evit', 'pool', 'prunemerge', 'random', 'tome', 'topk']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
 >>> methods.ToMe(r=13) == methods.build("tome:r=13")
@@ -24,6 +24,8 @@ from .base import (
     parse_spec,
     register,
 )  # fmt: skip
+from .divprune import DivPrune
+from .downsample import Downsample
 from .evit import EViT
 from .fastv import FastV
 from .h2o import H2O
@@ -44,7 +46,7 @@ from .topk import TopK
 from .tova import TOVA
 
 __all__ = [
-    "EViT", "FastV", "H2O", "InvalidParameter", "KNorm", "KVCacheMethod", "KVRandom",
+    "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm", "KVCacheMethod", "KVRandom",
     "KeepRatioMethod", "LazyLLM", "Method", "Pool", "PrefillMethod", "PruneMerge", "PyramidKV",
     "RandomPrune", "SnapKV", "StreamingLLM", "TOVA", "ToMe", "TokenMethod", "TopK", "available",
     "build", "describe", "get", "param", "parse_spec", "register",

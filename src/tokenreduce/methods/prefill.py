@@ -70,8 +70,9 @@ class PrefillMethod(Method):
             )
 
     def budget(self, model: ModelInfo) -> Budget:
-        """Prompt tokens kept after each site: ``keep(site_layer, n)``."""
-        return StagedPrune(float(self.prune_ratio), self.sites(model.num_layers), self.keep_last)
+        """Reducible prompt tokens kept after each site: ``keep(site_layer, n)`` of the ``n``
+        that are neither among the ``keep_last`` nor protected by the model family."""
+        return StagedPrune(float(self.prune_ratio), self.sites(model.num_layers))
 
     def scores(self, ctx: KVContext) -> Tensor:
         """(B, N) attention from the last query, averaged over all heads."""

@@ -69,18 +69,30 @@ class HFDecoderAdapter(Adapter):
         self.trace = KVTrace()
         self.current = Forward()  # the forward in progress
         self._hook = None
-        base = model.model if hasattr(model, "model") else model
-        self.base = base
-        self.layers = list(base.layers)
+        self.base = self.decoder(model)
+        self.layers = list(self.base.layers)
+        self.depth = len(self.layers)
         #: a prefill method (prunes prompt tokens at its sites) rather than a cache method
         self.prunes_prompt = isinstance(method, PrefillMethod)
-        self.sites = tuple(method.sites(self.info.num_layers)) if self.prunes_prompt else ()
+        self.sites = tuple(method.sites(self.depth)) if self.prunes_prompt else ()
+        #: the first layer that runs on a pruned prompt (its forward is wrapped from there on)
+        self.first_pruned: int | None = self.sites[0] if self.sites else None
+
+    @classmethod
+    def decoder(cls, model: nn.Module) -> nn.Module:
+        """The decoder stack (the module holding ``layers``)."""
+        return model.model if hasattr(model, "model") else model
+
+    @property
+    def active(self) -> bool:
+        """The method removes something (its budget is not the identity)."""
+        return self.method.active
 
     # -- patching ---------------------------------------------------------------------------
     def patch(self) -> None:
         for i, layer in enumerate(self.layers):
             layer.self_attn.forward = types.MethodType(AttentionSite(self, i), layer.self_attn)
-            if self.sites and i >= self.sites[0]:
+            if self.first_pruned is not None and i >= self.first_pruned:
                 layer.forward = types.MethodType(LayerSite(self, i), layer)
         self._hook = self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
@@ -109,7 +121,7 @@ class HFDecoderAdapter(Adapter):
         """After a prefill: every layer's cache was reduced to its budget (or is a sliding
         layer that had already dropped part of the prompt), and every prefill site selected."""
         fwd = self.current
-        if not (self.method.active and fwd.prefill):
+        if not (self.active and fwd.prefill):
             return
         if self.prunes_prompt:
             if len(self.trace.prefill_kept) != len(self.sites) or fwd.pruned is None:
@@ -132,7 +144,7 @@ class HFDecoderAdapter(Adapter):
                 "the model filled a KV cache, but its attention layers never received it, so "
                 "no entry was removed"
             )
-        n = self.info.num_layers
+        n = self.depth
         missing = [i for i in range(n) if i not in fwd.reduced and i not in fwd.left_alone]
         if missing:
             raise self.not_applied(

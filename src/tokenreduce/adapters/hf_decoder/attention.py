@@ -59,7 +59,7 @@ class AttentionSite:
         self.method: Method = adapter.method
         self.budget: Budget = adapter.budget
         self.layer = layer
-        self.num_layers: int = adapter.info.num_layers
+        self.num_layers: int = adapter.depth
 
     def __call__(self, attn: nn.Module, *args, **kwargs):
         self.adapter.site_fired()
@@ -77,7 +77,7 @@ class AttentionSite:
         """The phase of this call, or None where the layer runs unchanged (no cache, the method
         inactive, a prefill method's layer before its first site, a layer left alone)."""
         cache, fwd = call.cache, self.adapter.current
-        if not self.method.active or cache is None:
+        if not self.adapter.active or cache is None:
             return None
         hidden, pe = call.get("hidden_states"), call.get("position_embeddings")
         step = Step(DECODE, attn, cache, self.layer, hidden, pe, fwd)

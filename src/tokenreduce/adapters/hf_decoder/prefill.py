@@ -46,8 +46,10 @@ class LayerSite:
     def __call__(self, dl: nn.Module, hidden_states: Tensor, *args, **kwargs):
         original = type(dl).forward
         fwd = self.adapter.current
+        if fwd.handoff is not None and fwd.prefill:
+            hidden_states = hand_over(self.adapter, fwd, hidden_states)
         pr = fwd.pruned
-        if not (self.adapter.method.active and fwd.prefill) or (pr is None and self.stage is None):
+        if not (self.adapter.active and fwd.prefill) or (pr is None and self.stage is None):
             return original(dl, hidden_states, *args, **kwargs)
         if args:
             raise TypeError("tokenreduce: decoder layers must be called with keyword arguments")
@@ -59,6 +61,23 @@ class LayerSite:
             return out
         return select(self.adapter, dl, self.layer, self.stage, hidden_states, out,
                       position_embeddings)  # fmt: skip
+
+
+def hand_over(adapter, fwd, hidden: Tensor) -> Tensor:
+    """Apply the prompt reduction a handoff left for the first layer (``fwd.handoff``, a
+    :func:`~tokenreduce.core.handoff.handoff` lifted to the prompt, padding slots first): the
+    layers from here on run on its slots, at their anchors' positions. Returns (B, M, C)."""
+    lifted, fwd.handoff = fwd.handoff, None
+    b, n = hidden.shape[:2]
+    valid = padding_valid(fwd.mask2d, b, n, hidden.device)
+    kept = lifted.valid
+    if kept is None:
+        kept = torch.ones(lifted.anchor.shape, dtype=torch.bool, device=hidden.device)
+    lengths = valid.sum(1)
+    index = lifted.anchor.clamp_min(0)  # a padding slot reads token 0, masked by ``kept``
+    fwd.pruned = Pruned(index, kept, kept.sum(1), n - lengths, n, valid)
+    _record(adapter, 0, n, lengths, index.masked_fill(~kept, -1))
+    return lifted.apply(hidden)
 
 
 def pruned_kwargs(model: nn.Module, dl: nn.Module, pr: Pruned, kwargs: dict, dtype) -> dict:
@@ -105,10 +124,14 @@ def select(adapter, dl: nn.Module, layer: int, stage: int, h_in: Tensor, out: Te
     else:
         states, cand, cand_valid = h_in, index, kept
     scores = _scores(adapter, dl, layer, states, cand, cand_valid, pad, position_embeddings)
-    scores = scores.masked_fill(cand >= n - method.keep_last, float("inf"))
+    protected = _protected(fwd, valid.shape[0], n, method.keep_last, h_in.device)
+    scores = scores.masked_fill(protected.gather(1, cand), float("inf"))
     scores = scores.masked_fill(~cand_valid, float("-inf"))
     last = len(adapter.sites) - 1
-    keep = [adapter.budget.keep(layer, int(x)) for x in lengths.tolist()]
+    fixed = (protected & valid).sum(1)  # real tokens no site removes
+    reducible = (lengths - fixed).tolist()
+    keep = [adapter.budget.keep(layer, r) + f
+            for r, f in zip(reducible, fixed.tolist(), strict=True)]  # fmt: skip
     keep = torch.tensor(keep, device=h_in.device)
     rel, new_kept = keep_per_head(scores[:, None, :], keep)
     rel, new_kept = rel[:, 0], new_kept[:, 0]
@@ -125,6 +148,13 @@ def select(adapter, dl: nn.Module, layer: int, stage: int, h_in: Tensor, out: Te
     return nxt
 
 
+def _protected(fwd, b: int, n: int, keep_last: int, device) -> Tensor:
+    """(B, n) prompt tokens no site removes: the last ``keep_last`` and those the model
+    family protects (``fwd.protected``: a vision-language model's text)."""
+    last = (torch.arange(n, device=device) >= n - keep_last)[None].expand(b, n)
+    return last if fwd.protected is None else last | fwd.protected.to(device)
+
+
 def _scores(adapter, dl: nn.Module, layer: int, states: Tensor, cand: Tensor,
             cand_valid: Tensor, pad: Tensor, position_embeddings) -> Tensor:  # fmt: skip
     """(B, K) the method's score of each candidate, from the last token's attention over the
@@ -135,7 +165,7 @@ def _scores(adapter, dl: nn.Module, layer: int, states: Tensor, cand: Tensor,
     k = keys(attn, x, take(cos, cand), take(sin, cand))
     q = queries(attn, x, position_embeddings, 1)  # the last token: the last candidate
     position = (cand - pad[:, None]).masked_fill(~cand_valid, -1)
-    ctx = KVContext(layer, adapter.info.num_layers, k, k, cand_valid, position, attn.scaling,
+    ctx = KVContext(layer, adapter.depth, k, k, cand_valid, position, attn.scaling,
                     lambda rows: q)  # fmt: skip
     return adapter.method.scores(ctx).float()
 
@@ -144,7 +174,7 @@ def _record(adapter, stage: int, n: int, lengths: Tensor, kept: Tensor) -> None:
     """Add a site's kept tokens (B, M), -1 for filler, to the trace; the first starts it."""
     tr = adapter.trace
     if stage == 0:
-        tr.kv_entries = [None] * adapter.info.num_layers
+        tr.kv_entries = [None] * adapter.depth
         tr.prompt_tokens, tr.prompt_lengths = n, lengths.tolist()
         tr.prefill_kept = []
     tr.prefill_kept.append(kept)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ...core.reduction import Reduction
 from ..base import Trace
 from .cache_layer import ReducedLayer
 
@@ -52,6 +53,12 @@ class Forward:
     reduced: set[int] = field(default_factory=set)  # layers whose cache a prefill reduced
     left_alone: set[int] = field(default_factory=set)  # sliding layers that had dropped the prompt
     pruned: Pruned | None = None  # a prefill method's latest selection, for the layers after it
+    #: a reduction of the prompt handed over from another model (a vision-language model's
+    #: image tokens), applied by the first layer: ``core.handoff.handoff``'s lifted reduction
+    handoff: Reduction | None = None
+    #: (B, n) prompt tokens a prefill method may not remove, besides its ``keep_last``: a
+    #: vision-language model's text tokens (only image tokens are candidates); None for none
+    protected: Tensor | None = None
 
     def saw(self, cache) -> None:
         """An attention layer received ``cache`` (None: it ran without one)."""
