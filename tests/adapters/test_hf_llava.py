@@ -163,3 +163,25 @@ def test_image_features_without_input_ids_are_refused(llava):
         pytest.raises(tokenreduce.ReductionNotApplied, match="no image placeholder"),
     ):
         llava(inputs_embeds=embeds, pixel_values=pixels(1), use_cache=True)
+
+
+@torch.no_grad()
+def test_the_handoff_ranks_image_tokens_by_the_towers_class_attention(llava):
+    """The class token is not handed over (strategy "default"), yet class-attention methods
+    rank by it: the attention its query pays at the tower's feature layer, as the tower's own
+    eager attention map says."""
+    px = pixels(1, seed=3)
+    tower = llava.model.vision_tower
+    impl = tower.config._attn_implementation
+    tower.config._attn_implementation = "eager"
+    try:
+        maps = tower(px, output_attentions=True).attentions[-1]  # vision_feature_layer=-1
+    finally:
+        tower.config._attn_implementation = impl
+    ranked = maps[0, :, 0, 1:].mean(0).argsort(descending=True)[:4].sort().values
+    ids = prompt(1, 0)
+    with tokenreduce.patch(llava, placed("topk", llava, keep_ratio=0.25)) as handle:
+        llava(input_ids=ids, pixel_values=px, use_cache=True)
+        kept = handle.trace.prefill_kept[0][0]
+    image = kept[(kept >= 2) & (kept < 2 + N)] - 2  # positions within the image
+    assert image.tolist() == ranked.tolist()

@@ -8,11 +8,13 @@ from ..core.context import ModelInfo
 from ..methods.base import Method
 from .base import Adapter, ReductionNotApplied, Trace
 from .hf_decoder import HFDecoderAdapter, cache_bytes, cache_kwargs, find_cache, output_cache
-from .hf_llava import HFLlavaAdapter
 from .hf_vision import HFVisionAdapter
+from .hf_vlm import HFLlavaAdapter
 from .timm_vit import TimmViTAdapter
 
-ADAPTERS: list[type[Adapter]] = [TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter, HFLlavaAdapter]
+ADAPTERS: list[type[Adapter]] = [
+    TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter, HFLlavaAdapter,
+]  # fmt: skip
 
 
 def find_adapter(model: nn.Module) -> type[Adapter]:

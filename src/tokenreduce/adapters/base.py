@@ -194,16 +194,22 @@ class Adapter:
         k: torch.Tensor,
         scale: float,
         bias: torch.Tensor | None,
+        outside: tuple[torch.Tensor, torch.Tensor] | None = None,
+        info: ModelInfo | None = None,
     ) -> Reduction | None:
         """What the method does at ``layer`` under its budget, for tokens ``x`` (B, N, C) in
         the current token state; None where the budget removes nothing. A ragged state (a
         padded batch) is reduced sample by sample, each with its own count.
 
         ``q`` and ``k`` are (B, H, N, D) as the layer used them (or the features the site
-        compares tokens by, as one head); ``bias`` the additive attention logit bias.
+        compares tokens by, as one head); ``bias`` the additive attention logit bias;
+        ``outside`` the (B, H, 1, D) query and key of a class token that is not among the
+        tokens (:attr:`TokenContext.class_query`); ``info`` the facts of this input when they
+        differ from the model's (an image's own patch grid).
         """
         state = self.trace.state
-        ctx = TokenContext(layer, x, q, k, state, self.info, scale, bias)
+        info = self.info if info is None else info
+        ctx = TokenContext(layer, x, q, k, state, info, scale, bias, *(outside or ()))
         keep = partial(self.budget.keep, layer)
         if state.ragged:
             return reduce_per_sample(ctx, keep, self.method.reduce)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import torch
 from torch import Tensor
 
 from .scorers import attention_received
@@ -56,6 +57,10 @@ class TokenContext:
     model: ModelInfo
     scale: float
     attn_bias: Tensor | None = None
+    #: (B, H, 1, D) query and key of a class token outside the sequence (a vision-language
+    #: model's vision tower computes one but hands over only the patch tokens), or None
+    class_query: Tensor | None = None
+    class_key: Tensor | None = None
 
     def sample(self, sample: int, index: Tensor) -> TokenContext:
         """The context of one sample restricted to its tokens at ``index`` (n,), as a batch of
@@ -63,6 +68,8 @@ class TokenContext:
         bias = self.attn_bias
         if bias is not None:
             bias = bias[sample : sample + 1, ..., index]
+        one = slice(sample, sample + 1)
+        outside = (self.class_query, self.class_key)
         return TokenContext(
             self.layer,
             self.hidden[sample, index][None],
@@ -72,6 +79,7 @@ class TokenContext:
             self.model,
             self.scale,
             bias,
+            *(None if t is None else t[one] for t in outside),
         )
 
     @property
@@ -91,7 +99,11 @@ class TokenContext:
 
     @cached_property
     def class_attention(self) -> Tensor:
-        """(B, N) attention received from the class token, one attention row per head; for a
-        model without a class token, the mean over all queries (the full map, computed here)."""
+        """(B, N) attention received from the class token, one attention row per head (over
+        the class token's own key too when it is outside the sequence); for a model without a
+        class token, the mean over all queries (the full map, computed here)."""
+        if self.class_query is not None:
+            keys = torch.cat([self.class_key, self.k], dim=2)
+            return attention_received(self.class_query, keys, None, self.scale)[:, 1:]
         rows = slice(0, 1) if self.model.has_class_token else None
         return attention_received(self.q, self.k, rows, self.scale, self.attn_bias)

@@ -26,19 +26,26 @@ PAD_SIDES = ("left", "right")
 
 
 def handoff(
-    red: Reduction, placeholders: Tensor, pad_side: str = "left", valid: Tensor | None = None
+    red: Reduction,
+    placeholders: Tensor,
+    pad_side: str = "left",
+    valid: Tensor | None = None,
+    lengths: Tensor | None = None,
 ) -> Reduction:
     """Lift ``red`` over I images' tokens to the prompt whose placeholders they fill.
 
     Args:
         red: a reduction of (I, N) image tokens to (I, M) slots (``red.valid`` may mark
             padding slots of images that keep fewer).
-        placeholders: (B, L) bool, True at the I * N placeholder tokens. Image 0 fills the
-            first N of them in row-major order, image 1 the next N, and so on (the order of
+        placeholders: (B, L) bool, True at the images' placeholder tokens. Image 0 fills the
+            first of them in row-major order, image 1 the next, and so on (the order of
             ``masked_scatter``, which Hugging Face VLMs use).
         pad_side: where shorter samples get their padding slots, "left" or "right".
         valid: (B, L) bool, False at the prompt's own padding (the attention mask), which is
             dropped; None when the prompt has none.
+        lengths: (I,) tokens of each image when images differ in size (image i's tokens are
+            the first ``lengths[i]`` of its row of ``red``; the rest is padding that ``red``
+            drops); None when every image has N.
 
     Returns:
         A reduction of (B, L) prompt tokens. A slot that fuses image tokens into a new token
@@ -46,24 +53,21 @@ def handoff(
         and anchored at the image's last placeholder.
 
     Raises:
-        ValueError: the placeholders do not hold whole images (their count is not I * N or an
-        image's tokens straddle two samples), or ``pad_side`` is unknown.
+        ValueError: the placeholders do not hold whole images (their count is not the images'
+        tokens, or an image's tokens straddle two samples), or ``pad_side`` is unknown.
     """
     if pad_side not in PAD_SIDES:
         raise ValueError(f"pad_side must be one of {PAD_SIDES}, got {pad_side!r}")
     images, n = red.assign.shape
     b, length = placeholders.shape
-    flat = placeholders.reshape(-1).nonzero().squeeze(1)
-    if flat.numel() != images * n:
-        raise ValueError(
-            f"the prompt has {flat.numel()} image placeholder tokens, but {images} images of "
-            f"{n} tokens need {images * n}"
-        )
-    flat = flat.view(images, n)
-    owner = flat[:, 0] // length
-    if not bool((flat[:, -1] // length == owner).all()):
+    if lengths is None:
+        lengths = torch.full((images,), n, device=placeholders.device)
+    where, real = _image_positions(placeholders, lengths.to(placeholders.device), n)
+    owner = where[:, 0] // length
+    last = where.gather(1, (lengths - 1).clamp_min(0)[:, None].to(where.device))[:, 0]
+    if not bool((last // length == owner).all()):
         raise ValueError("an image's placeholder tokens straddle two samples of the batch")
-    lift = _Lift(red, flat % length)
+    lift = _Lift(red, where % length, real)
     text = ~placeholders if valid is None else ~placeholders & valid.bool()
     counts = text.sum(1) + torch.stack([lift.count(owner == s) for s in range(b)])
     m = int(counts.max())
@@ -75,16 +79,39 @@ def handoff(
     return Reduction(assign, weight, anchor, valid=None if bool(valid.all()) else valid)
 
 
+def _image_positions(placeholders: Tensor, lengths: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """(I, N) flat prompt position of each image token (an image's padding repeats its last
+    placeholder) and (I, N) True at real image tokens."""
+    flat = placeholders.reshape(-1).nonzero().squeeze(1)
+    total = int(lengths.sum())
+    if flat.numel() != total:
+        raise ValueError(
+            f"the prompt has {flat.numel()} image placeholder tokens, but {lengths.numel()} "
+            f"images of {_sizes(lengths)} tokens need {total}"
+        )
+    start = lengths.cumsum(0) - lengths
+    ar = torch.arange(n, device=flat.device)
+    real = ar[None, :] < lengths[:, None]
+    index = start[:, None] + torch.minimum(ar[None, :], (lengths - 1).clamp_min(0)[:, None])
+    return flat[index.clamp(max=max(total - 1, 0))], real
+
+
+def _sizes(lengths: Tensor) -> str:
+    sizes = sorted(set(lengths.tolist()))
+    return str(sizes[0]) if len(sizes) == 1 else "/".join(map(str, sizes))
+
+
 class _Lift:
     """The image reduction seen from the prompt: where each image slot sits."""
 
-    def __init__(self, red: Reduction, where: Tensor) -> None:
-        self.red, self.where = red, where  # where: (I, N) prompt position of each image token
+    def __init__(self, red: Reduction, where: Tensor, real: Tensor) -> None:
+        # where: (I, N) prompt position of each image token; real: False at image padding
+        self.red, self.where, self.real = red, where, real
         ones = torch.ones_like(red.anchor, dtype=torch.bool)
         self.kept = red.valid if red.valid is not None else ones
         fused = red.anchor < 0
         # a slot's prompt anchor: its anchor's placeholder, or the image's last placeholder
-        last = where[:, -1:].expand_as(red.anchor)
+        last = where.gather(1, (real.sum(1, keepdim=True) - 1).clamp_min(0)).expand_as(red.anchor)
         self.anchor = torch.where(fused, last, where.gather(1, red.anchor.clamp_min(0)))
         self.order_key = 2 * self.anchor + fused  # a fused slot after the token it shares with
 
@@ -107,8 +134,9 @@ class _Lift:
         image_slot[kept] = slot[text.numel() :]
         members = self.red.assign[images]
         target = image_slot.gather(1, members.clamp_min(0)).masked_fill(members < 0, -1)
-        assign[s, self.where[images]] = target
-        weight[s, self.where[images]] = self.red.weight[images].to(weight.dtype)
+        real = self.real[images]
+        assign[s, self.where[images][real]] = target[real]
+        weight[s, self.where[images][real]] = self.red.weight[images][real].to(weight.dtype)
 
 
 def _empty(b: int, length: int, m: int, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 from .context import TokenContext
 from .reduction import Reduction
 
@@ -42,11 +40,8 @@ def reduce_per_sample(
         one = ctx.sample(b, idx)
         n_remove = one.num_reducible - keep(one.num_reducible)
         changed |= n_remove > 0
-        parts.append(reduce(one, n_remove) if n_remove > 0 else _everything(idx.numel(), idx))
+        keep_all = Reduction.everything(1, idx.numel(), idx.device)
+        parts.append(reduce(one, n_remove) if n_remove > 0 else keep_all)
         index.append(idx)
     return Reduction.stack(parts, index, ctx.state.num_tokens) if changed else None
 
-
-def _everything(n: int, like: torch.Tensor) -> Reduction:
-    """The selection of all ``n`` tokens of a batch of one."""
-    return Reduction.select(torch.arange(n, device=like.device)[None], n)

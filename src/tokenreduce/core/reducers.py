@@ -231,3 +231,47 @@ def max_min_diverse(features: Tensor, keep: int, protected: Tensor) -> Reduction
         to_chosen = torch.minimum(to_chosen, distance[rows, pick])
     kept = (chosen | protected).nonzero()[:, 1].view(b, -1)
     return Reduction.select(kept, n)
+
+
+def dominant_and_contextual(
+    scores: Tensor, metric: Tensor, keep: int, contextual: int, protected: Tensor, size: Tensor
+) -> Reduction:
+    """VisionZip (Yang et al., CVPR 2025): the ``keep - contextual`` highest-scoring
+    unprotected tokens are kept as they are (dominant); the others are merged into
+    ``contextual`` tokens: evenly spaced ones among them (in input order) are the targets,
+    and each of the rest joins the target its ``metric`` is most similar to (dot product of
+    normalised features), averaged with it by size.
+
+    Args:
+        scores: (B, N) attention received (higher = dominant).
+        metric: (B, N, C) features compared for the merge (the keys).
+        keep: unprotected tokens kept, dominant plus contextual.
+        contextual: merged tokens among them (at most ``keep``).
+        protected: (B, N) bool, the same number in every sample; kept and never merged.
+        size: (B, N) token sizes, the merge weights.
+    """
+    b, n = scores.shape
+    dominant = _keep_indices(scores, keep - contextual, protected)  # protected included
+    rest = torch.ones(b, n, dtype=torch.bool, device=scores.device)
+    rest.scatter_(1, dominant, False)
+    n_rest = n - dominant.shape[1]
+    if contextual == 0 or n_rest == 0:
+        return Reduction.select(dominant, n)
+    others = rest.nonzero()[:, 1].view(b, n_rest)  # ascending
+    step = n_rest / contextual
+    pick = (torch.arange(contextual, device=scores.device) * step).long()
+    targets = others[:, pick]  # (B, contextual)
+    x = F.normalize(metric.float(), dim=-1)
+    sim = take_rows(x, others) @ take_rows(x, targets).transpose(1, 2)  # (B, n_rest, ctx)
+    join = targets.gather(1, sim.argmax(-1))
+    group = torch.arange(n, device=scores.device).expand(b, n).clone()
+    group.scatter_(1, others, join)
+    group.scatter_(1, targets, targets)  # a target stays its own (ties in similarity)
+    owns = group == torch.arange(n, device=scores.device)
+    m = dominant.shape[1] + contextual
+    return Reduction.from_groups(group, size, owns, num_out=m, num_fold=n - m)
+
+
+def take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` (B, K) of ``x`` (B, N, C): (B, K, C)."""
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[-1]))

@@ -160,6 +160,11 @@ class Reduction:
         return Reduction(assign, weight, plan.lead, plan=plan)
 
     @staticmethod
+    def everything(batch: int, n: int, device=None) -> Reduction:
+        """The selection that keeps all ``n`` tokens of each of ``batch`` samples."""
+        return Reduction.select(torch.arange(n, device=device).expand(batch, n), n)
+
+    @staticmethod
     def stack(parts: list[Reduction], index: list[Tensor], num_in: int) -> Reduction:
         """One reduction of a batch from one per sample, each over a subset of its tokens.
 

@@ -5,7 +5,7 @@ Each method class is importable from here under its own name (``tokenreduce.meth
 
 >>> from tokenreduce import methods
 >>> [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
-['divprune', 'downsample', 'evit', 'pool', 'prunemerge', 'random', 'tome', 'topk']
+['divprune', 'downsample', 'evit', 'pool', 'prunemerge', 'random', 'tome', 'topk', 'visionzip']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
 >>> methods.ToMe(r=13) == methods.build("tome:r=13")
@@ -44,10 +44,12 @@ from .streamingllm import StreamingLLM
 from .tome import ToMe
 from .topk import TopK
 from .tova import TOVA
+from .visionzip import VisionZip
 
 __all__ = [
-    "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm", "KVCacheMethod", "KVRandom",
-    "KeepRatioMethod", "LazyLLM", "Method", "Pool", "PrefillMethod", "PruneMerge", "PyramidKV",
-    "RandomPrune", "SnapKV", "StreamingLLM", "TOVA", "ToMe", "TokenMethod", "TopK", "available",
-    "build", "describe", "get", "param", "parse_spec", "register",
+    "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
+    "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LazyLLM", "Method", "Pool",
+    "PrefillMethod", "PruneMerge", "PyramidKV", "RandomPrune", "SnapKV", "StreamingLLM", "TOVA",
+    "ToMe", "TokenMethod", "TopK", "VisionZip", "available", "build", "describe", "get",
+    "param", "parse_spec", "register",
 ]  # fmt: skip
