@@ -106,6 +106,13 @@ def bench(
             "the task's).",
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Data set of a task that offers several: for vqa 'scenes' (default) or "
+            "'easy-vqa' (their held-out test splits)."
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -138,7 +145,9 @@ def bench(
         loaded = load_model(model)
     except ModelError as err:
         _fail(str(err))
-    options = _task_options(threads, limit, batch_size, repeats, warmup, quick, data, context)
+    options = _task_options(
+        threads, limit, batch_size, repeats, warmup, quick, data, context, split
+    )
     task_cls, configs, measured = _build_task(loaded, model, task, methods, budgets, options)
     recorded = {
         "model": model,
@@ -152,6 +161,7 @@ def bench(
         "repeats": repeats,
         "warmup": warmup,
         "context": context,
+        "split": split,
         "fresh": fresh,
     }
     _sweep_and_report(db, out, measured, loaded, configs, recorded, fresh=fresh, pictures=pictures)
@@ -186,6 +196,7 @@ def _task_options(
     quick: bool,
     data: Path | None,
     context: list[int] | None,
+    split: str | None,
 ) -> Any:
     """The command line's task options (:class:`tokenreduce.bench.tasks.Options`)."""
     from .bench.tasks import Options
@@ -199,6 +210,7 @@ def _task_options(
         quick=quick,
         data=data,
         context=tuple(context or ()),
+        split=split,
     )
 
 
@@ -301,12 +313,15 @@ def _all_kinds() -> tuple[str, ...]:
 
 
 def _check_model_kind(task_cls, loaded, spec: str) -> None:
-    need = task_cls.model_kind
-    if need == "lm" and loaded.kind != "lm":
-        _fail(f"task {task_cls.name!r} needs a language model; --model {spec!r} is a vision model")
-    if need in ("vision", "classifier") and loaded.kind != "vision":
-        _fail(f"task {task_cls.name!r} needs a vision model; --model {spec!r} is a language model")
-    if need == "classifier" and not loaded.is_classifier:
+    from .bench.models import KIND_WORDS
+
+    need = "vision" if task_cls.model_kind == "classifier" else task_cls.model_kind
+    if loaded.kind != need:
+        _fail(
+            f"task {task_cls.name!r} needs {KIND_WORDS[need]}; --model {spec!r} is "
+            f"{KIND_WORDS[loaded.kind]}"
+        )
+    if task_cls.model_kind == "classifier" and not loaded.is_classifier:
         _fail(
             f"task {task_cls.name!r} needs an image classifier; --model {spec!r} has no "
             "classification head (try --task fidelity)"

@@ -16,8 +16,10 @@ In order:
      "pretrained_cfg": {"input_size": [3, 224, 224], "mean": [...], "std": [...]}}``;
    * or a sidecar ``<file>.json`` next to a single ``.safetensors`` file, same layout;
 3. a local Hugging Face folder (``config.json`` with a ``model_type``): a causal language
-   model (``...ForCausalLM``) is loaded with its tokenizer, any other model with
-   ``transformers.AutoModel`` (a vision backbone such as DINOv2);
+   model (``...ForCausalLM``) is loaded with its tokenizer, a vision-language model
+   (``LlavaForConditionalGeneration``, e.g. llava-shapes saved with ``save_pretrained``) with
+   its processor, any other model with ``transformers.AutoModel`` (a vision backbone such as
+   DINOv2);
 4. a timm model name, created with its pretrained weights (``timm.create_model(name,
    pretrained=True)``; ``hf-hub:owner/repo`` names included). Weights come from the local
    cache; nothing is downloaded when the machine is offline, and a missing cache is an error.
@@ -39,6 +41,16 @@ from torch import nn
 
 import tokenreduce
 
+#: the task ``tokenreduce bench`` runs on a model of each kind when ``--task`` is not given
+#: (a vision model's depends on its head: :attr:`LoadedModel.default_task`)
+DEFAULT_TASKS = {"lm": "niah", "vlm": "vqa"}
+#: the kinds of :attr:`LoadedModel.kind` in words, for error messages
+KIND_WORDS = {
+    "lm": "a language model",
+    "vlm": "a vision-language model",
+    "vision": "a vision model",
+}
+
 
 class ModelError(ValueError):
     """``--model`` names nothing loadable, or a model that tokenreduce cannot patch."""
@@ -48,8 +60,10 @@ class ModelError(ValueError):
 class LoadedModel:
     """A model ready to benchmark: eval mode, with a display name and a weight hash.
 
-    ``kind`` is ``"lm"`` for a decoder language model (``tokenizer`` set) and ``"vision"``
-    otherwise (``processor``: the Hugging Face image processor, when the source has one).
+    ``kind`` is ``"lm"`` for a decoder language model (``tokenizer`` set), ``"vlm"`` for a
+    vision-language model (``processor``: its processor of images and prompts) and
+    ``"vision"`` otherwise (``processor``: the Hugging Face image processor, when the source
+    has one).
     """
 
     model: nn.Module
@@ -72,8 +86,8 @@ class LoadedModel:
     @property
     def default_task(self) -> str:
         """The task ``tokenreduce bench`` runs when ``--task`` is not given."""
-        if self.kind == "lm":
-            return "niah"
+        if self.kind in DEFAULT_TASKS:
+            return DEFAULT_TASKS[self.kind]
         return "classification" if self.is_classifier else "fidelity"
 
     @property
@@ -102,7 +116,7 @@ def load(spec: str) -> LoadedModel:
 
 def _loaded(model: nn.Module, name: str, source: str, extra: Any) -> LoadedModel:
     """A checked :class:`LoadedModel`; ``extra`` is the tokenizer of a language model or
-    the image processor of a vision model."""
+    the (image) processor of a vision or vision-language model."""
     kind = check_supported(model, name)
     if kind == "lm":
         return LoadedModel(model, name, source, kind, tokenizer=extra)
@@ -111,12 +125,15 @@ def _loaded(model: nn.Module, name: str, source: str, extra: Any) -> LoadedModel
 
 def check_supported(model: nn.Module, what: str) -> str:
     """Raise :class:`ModelError` unless ``tokenreduce.patch`` accepts ``model``; return its
-    kind, ``"lm"`` or ``"vision"``, as ``tokenreduce.describe`` answers it. A vision model
-    gets an unreduced patch (``patch(model, None)``) applied and removed; it runs nothing, so
-    a model on the meta device works."""
+    kind, ``"lm"``, ``"vlm"`` or ``"vision"``, as ``tokenreduce.describe`` answers it. A vision
+    model gets an unreduced patch (``patch(model, None)``) applied and removed; it runs nothing,
+    so a model on the meta device works."""
     try:
-        if tokenreduce.describe(model).kind == "language":
+        kind = tokenreduce.describe(model).kind
+        if kind == "language":
             return "lm"
+        if kind == "vision-language":
+            return "vlm"
         tokenreduce.patch(model, None).remove()
     except TypeError as err:
         raise ModelError(f"--model {what!r} cannot be benchmarked: {err}") from None
@@ -137,9 +154,13 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
 
     config = _hf_config(folder) or {}
     try:
-        if any(a.endswith("ForCausalLM") for a in config.get("architectures") or ()):
+        architectures = config.get("architectures") or ()
+        if any(a.endswith("ForCausalLM") for a in architectures):
             model, tokenizer = load_lm(folder)
             return _loaded(model, folder.name, "hf", tokenizer)
+        if "LlavaForConditionalGeneration" in architectures:
+            model, processor = _load_llava(folder)
+            return _loaded(model, folder.name, "hf", processor)
         from transformers import AutoImageProcessor, AutoModel
 
         model = AutoModel.from_pretrained(str(folder)).eval()
@@ -150,6 +171,14 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
     except (OSError, ValueError) as err:
         raise ModelError(f"--model {str(folder)!r}: cannot load it: {err}") from None
     return _loaded(model, folder.name, "hf", processor)
+
+
+def _load_llava(folder: Path) -> tuple[nn.Module, Any]:
+    """(model, processor) of a LLaVA folder, with SDPA attention."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(str(folder), attn_implementation="sdpa")
+    return model.eval(), AutoProcessor.from_pretrained(str(folder))
 
 
 def weights_hash(model: nn.Module, length: int = 12) -> str:

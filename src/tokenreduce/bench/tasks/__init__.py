@@ -77,7 +77,8 @@ class Options:
     ``limit``: evaluate the first N samples; ``batch_size``: evaluation and timing batch;
     ``threads``: torch threads (fixed and recorded); ``repeats`` / ``warmup``: timed and
     untimed calls per side; ``quick``: a CI-sized run; ``data``: a data folder or file the
-    task reads; ``context``: context lengths in tokens (language-model tasks).
+    task reads; ``context``: context lengths in tokens (language-model tasks); ``split``: the
+    data set a task offers several of (``vqa``: ``scenes`` or ``easy-vqa``).
     """
 
     threads: int = 1
@@ -88,6 +89,7 @@ class Options:
     quick: bool = False
     data: Path | None = None
     context: tuple[int, ...] = field(default_factory=tuple)
+    split: str | None = None
 
 
 class Task:
@@ -97,7 +99,8 @@ class Task:
     #: one line for ``tokenreduce bench --help`` and error messages
     description: ClassVar[str] = ""
     #: what the model must be: "classifier" (image classifier), "vision" (any patched vision
-    #: transformer, a backbone included) or "lm" (a decoder language model with a tokenizer)
+    #: transformer, a backbone included), "lm" (a decoder language model with a tokenizer) or
+    #: "vlm" (a vision-language model with its processor)
     model_kind: ClassVar[str] = "vision"
     #: the method kinds (``Method.kind``) this task sweeps
     method_kinds: ClassVar[tuple[str, ...]] = ("tokens",)
@@ -199,6 +202,7 @@ from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, 
     longcontext,
     perplexity,
     segmentation,
+    vqa,
 )
 
 __all__ = [
