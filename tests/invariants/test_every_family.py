@@ -24,28 +24,18 @@ CASES = [
 ]
 
 
-def inputs(model: torch.nn.Module, kind: str) -> tuple[tuple, dict]:
+def inputs(model: torch.nn.Module, adapter) -> tuple[tuple, dict]:
     """Two images for a vision model; two prompts, the second left-padded, for a decoder; for
-    a vision-language model, prompts with one image's placeholders each, and the images."""
-    if kind == "vision":
+    a vision-language model, its family's example batch (prompts with an image each)."""
+    if adapter.kind == "vision":
         return (images(2),), {}
+    if adapter.kind == "vision-language":
+        return (), {**adapter.example_batch(model), "use_cache": True}
     g = torch.Generator().manual_seed(0)
-    cfg = model.config.get_text_config()
-    ids = torch.randint(10, cfg.vocab_size, (2, 16), generator=g)  # within sliding windows
+    ids = torch.randint(10, model.config.vocab_size, (2, 16), generator=g)  # within windows
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
-    kwargs = {"attention_mask": mask, "use_cache": True}
-    if kind == "vision-language":  # LLaVA's layout: grid cells, plus the class token if "full"
-        rows, cols = tokenreduce.describe(model).grid
-        n = rows * cols + (model.config.vision_feature_select_strategy == "full")
-        ids = torch.cat(
-            [ids[:, :4], torch.full((2, n), model.config.image_token_id), ids[:, 4:]], 1
-        )
-        kwargs["attention_mask"] = torch.cat([mask[:, :4], torch.ones(2, n, dtype=mask.dtype),
-                                              mask[:, 4:]], 1)  # fmt: skip
-        size = model.config.vision_config.image_size
-        kwargs["pixel_values"] = torch.randn(2, 3, size, size, generator=g)
-    return (ids,), kwargs
+    return (ids,), {"attention_mask": mask, "use_cache": True}
 
 
 def method(name: str, model: torch.nn.Module, **overrides):
@@ -66,7 +56,7 @@ def test_every_family_gives_example_models():
 @torch.no_grad()
 def test_every_family_runs_every_method_it_accepts(adapter, example, name):
     model = adapter.examples()[example]()
-    args, kwargs = inputs(model, adapter.kind)
+    args, kwargs = inputs(model, adapter)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     plain = output(model(*args, **kwargs))
     identity = method(name, model, **{get(name).budget_param: get(name).budget_identity})

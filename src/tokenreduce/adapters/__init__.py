@@ -9,11 +9,11 @@ from ..methods.base import Method
 from .base import Adapter, ReductionNotApplied, Trace
 from .hf_decoder import HFDecoderAdapter, cache_bytes, cache_kwargs, find_cache, output_cache
 from .hf_vision import HFVisionAdapter
-from .hf_vlm import HFLlavaAdapter
+from .hf_vlm import HFLlavaAdapter, HFQwenVLAdapter
 from .timm_vit import TimmViTAdapter
 
 ADAPTERS: list[type[Adapter]] = [
-    TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter, HFLlavaAdapter,
+    TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter, HFLlavaAdapter, HFQwenVLAdapter,
 ]  # fmt: skip
 
 

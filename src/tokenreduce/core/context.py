@@ -34,6 +34,9 @@ class ModelInfo:
     kind: str | None = None
     #: where the family's adapter reduces, e.g. ``("block:after_attention",)``
     sites: tuple[str, ...] = ()
+    #: no configured grid (``grid`` None), but every input has a patch grid of its own, given
+    #: to the method at each site (images of any size in a vision-language model)
+    grid_per_input: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is None:

@@ -267,7 +267,7 @@ class TokenMethod(Method):
                         f"{self.name}: layers contains {i}, outside this model's layers "
                         f"0..{model.num_layers - 1} ({model.num_layers} blocks)"
                     )
-        if self.needs_grid and model.grid is None:
+        if self.needs_grid and model.grid is None and not model.grid_per_input:
             raise InvalidParameter(f"{self.name} needs a patch grid; {model.family} has none")
 
 

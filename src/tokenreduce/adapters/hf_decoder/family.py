@@ -10,7 +10,8 @@ import sys
 import torch
 from torch import Tensor, nn
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text")
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text",
+             "qwen2_5_vl_text", "qwen2_vl_text")  # fmt: skip
 CLASSES = (
     "LlamaForCausalLM",
     "LlamaModel",

@@ -6,5 +6,6 @@ from __future__ import annotations
 
 from .base import HANDOFF, Images, VLMAdapter
 from .llava import HFLlavaAdapter
+from .qwen_vl import HFQwenVLAdapter
 
-__all__ = ["HANDOFF", "HFLlavaAdapter", "Images", "VLMAdapter"]
+__all__ = ["HANDOFF", "HFLlavaAdapter", "HFQwenVLAdapter", "Images", "VLMAdapter"]

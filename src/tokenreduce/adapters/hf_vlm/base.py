@@ -105,6 +105,12 @@ class VLMAdapter(HFDecoderAdapter):
         """The vision tower has a class token (its attention ranks tokens, handed or not)."""
         return False
 
+    @classmethod
+    def example_batch(cls, model: nn.Module, seed: int = 0) -> dict:
+        """Keyword arguments of an example model's forward (or ``generate``): two left-padded
+        prompts with one image each, as the family's processor would give them."""
+        raise NotImplementedError
+
     def image_module(self) -> nn.Module:
         raise NotImplementedError
 

@@ -53,6 +53,23 @@ class HFLlavaAdapter(VLMAdapter):
         keyword arguments override the language model's config."""
         return {"llava": partial(_tiny, "default"), "llava_full": partial(_tiny, "full")}
 
+    @classmethod
+    def example_batch(cls, model: nn.Module, seed: int = 0) -> dict:
+        """Two prompts of 6 text tokens around one image's placeholders each, the second
+        left-padded by 3, and their images."""
+        g = torch.Generator().manual_seed(seed)
+        cfg = model.config
+        rows, cols = cls.image_grid(model)
+        n = rows * cols + cls.handed_class_token(model)
+        words = torch.randint(10, cfg.get_text_config().vocab_size, (2, 6), generator=g)
+        image = torch.full((2, n), cfg.image_token_id)
+        ids = torch.cat([words[:, :2], image, words[:, 2:]], 1)
+        mask = torch.ones_like(ids)
+        mask[1, :3] = 0
+        size = cfg.vision_config.image_size
+        pixels = torch.randn(2, 3, size, size, generator=g)
+        return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
     def image_module(self) -> nn.Module:
         return self.model.model.multi_modal_projector
 
