@@ -354,9 +354,13 @@ class VisualQuestionAnswering(Task):
                 pad_token_id=tokenizer.pad_token_id,
             )
 
+        peak = None
         try:
             with torch.inference_mode():
-                peak = peak_memory_mb(run) if watch else run()
+                if watch:
+                    peak = peak_memory_mb(run)
+                else:
+                    run()
         finally:
             removable.remove()
         if hook.bytes is None:
