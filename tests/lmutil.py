@@ -93,3 +93,13 @@ def prompt_keep(method, num_layers: int, site: int, n: int) -> int:
 def cache_lengths(cache) -> list[int]:
     """Entries each layer of a transformers cache holds."""
     return [layer.keys.shape[2] for layer in cache.layers]
+
+
+def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts (1, L_i) left-padded with 0 into ids (B, max L_i) and their attention mask."""
+    length = max(r.shape[1] for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, length - r.shape[1] :], mask[b, length - r.shape[1] :] = r[0], 1
+    return ids, mask

@@ -12,6 +12,8 @@ import tokenreduce
 from tokenreduce.adapters import HFLlavaAdapter
 from tokenreduce.methods import InvalidParameter, TokenMethod, available, get
 
+from ..lmutil import left_pad
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 TOKEN_METHODS = [n for n in available() if issubclass(get(n), TokenMethod)]
@@ -28,15 +30,6 @@ def prompt(images: int, seed: int) -> torch.Tensor:
     """(1, 6 + images * N): two text tokens, the image placeholders, four text tokens."""
     words = torch.randint(10, 100, (6,), generator=torch.Generator().manual_seed(seed))
     return torch.cat([words[:2], torch.full((images * N,), IMAGE), words[2:]])[None]
-
-
-def left_pad(rows):
-    length = max(r.shape[1] for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        ids[b, length - r.shape[1] :], mask[b, length - r.shape[1] :] = r[0], 1
-    return ids, mask
 
 
 def pixels(images: int, seed: int = 0) -> torch.Tensor:
@@ -185,3 +178,15 @@ def test_the_handoff_ranks_image_tokens_by_the_towers_class_attention(llava):
         kept = handle.trace.prefill_kept[0][0]
     image = kept[(kept >= 2) & (kept < 2 + N)] - 2  # positions within the image
     assert image.tolist() == ranked.tolist()
+
+
+@torch.no_grad()
+def test_an_image_count_that_does_not_match_the_placeholders_fails_clearly(llava):
+    ids = prompt(1, 0)
+    plain = llava(input_ids=ids, pixel_values=pixels(1)).logits
+    with tokenreduce.patch(llava, placed("topk", llava)):
+        failed = pytest.raises(ValueError, match="(?i)image")
+        with failed:
+            llava(input_ids=ids, pixel_values=pixels(2))  # two images, one image's placeholders
+        llava(input_ids=ids, pixel_values=pixels(1), use_cache=True)  # the patch still works
+    assert torch.equal(llava(input_ids=ids, pixel_values=pixels(1)).logits, plain)

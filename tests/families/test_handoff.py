@@ -10,6 +10,7 @@ import tokenreduce
 from tokenreduce.core.handoff import handoff
 from tokenreduce.core.reduction import Reduction
 
+from ..lmutil import left_pad
 from .toy_vlm import IMAGE_TOKEN, ToyVLM
 from .util import TOKEN_METHODS, identity, placed
 
@@ -28,15 +29,6 @@ def prompt(images: int, text: int = 5, seed: int = 0) -> torch.Tensor:
     words = torch.randint(3, 40, (text,), generator=g)
     parts = [words[:2], torch.full((images * N,), IMAGE_TOKEN), words[2:]]
     return torch.cat(parts)[None]
-
-
-def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(r.shape[1] for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        ids[b, length - r.shape[1] :], mask[b, length - r.shape[1] :] = r[0], 1
-    return ids, mask
 
 
 class LMInputs:
