@@ -118,7 +118,7 @@ def test_batched_answers_equal_one_by_one(tokenizer, data):
 def test_loading_without_a_checkpoint_says_how_to_train(monkeypatch, tmp_path):
     monkeypatch.setenv("TOKENREDUCE_CACHE", str(tmp_path))
     monkeypatch.setattr(ls, "BUNDLED", tmp_path / "none.safetensors")
-    with pytest.raises(FileNotFoundError, match=r"python -m tokenreduce.assets.llava_shapes train"):
+    with pytest.raises(FileNotFoundError, match=r"python -m tokenreduce.assets llava-shapes train"):
         tokenreduce.assets.load("llava-shapes")
     with pytest.raises(FileNotFoundError, match=r"no llava-shapes projector at"):
         tokenreduce.assets.load("llava-shapes", checkpoint=tmp_path / "missing")

@@ -25,7 +25,7 @@ and the answer is one word followed by ``<|im_end|>``.
 
 Train (resumable; progress lines; evaluation and a model card at the end)::
 
-    python -m tokenreduce.assets.llava_shapes train --out DIR --steps 3000 --seed 0
+    python -m tokenreduce.assets llava-shapes train --out DIR --steps 3000 --seed 0
 
 >>> model, processor = tokenreduce.assets.load("llava-shapes")            # trained projector
 >>> model, processor = tokenreduce.assets.load("llava-shapes", checkpoint="DIR")
@@ -50,7 +50,7 @@ SYSTEM = "Answer the question about the image with one word."
 VISION_FEATURE_LAYER = -2
 PROJECTOR_FILE = "projector.safetensors"
 BUNDLED = Path(__file__).parent / "checkpoints" / "llava-shapes-projector.safetensors"
-TRAIN_COMMAND = "python -m tokenreduce.assets.llava_shapes train --out DIR --steps N --seed S"
+TRAIN_COMMAND = "python -m tokenreduce.assets llava-shapes train --out DIR --steps N --seed S"
 
 
 def default_dir() -> Path:
@@ -267,13 +267,12 @@ def _llava_shapes(**kwargs: Any) -> tuple[Any, Any]:
     return load(**kwargs)
 
 
-if __name__ != "__main__":  # run with -m, the package has registered its own import already
-    register(
-        "llava-shapes",
-        "LLaVA (LlavaForConditionalGeneration): DINOv2 ViT-S/14 at 112 px (64 visual tokens) + "
-        "SmolLM2-135M-Instruct, projector trained on easy-VQA and seeded shape scenes; "
-        "(model, processor); train with python -m tokenreduce.assets.llava_shapes train",
-    )(_llava_shapes)
+register(
+    "llava-shapes",
+    "LLaVA (LlavaForConditionalGeneration): DINOv2 ViT-S/14 at 112 px (64 visual tokens) + "
+    "SmolLM2-135M-Instruct, projector trained on easy-VQA and seeded shape scenes; "
+    "(model, processor); train with python -m tokenreduce.assets llava-shapes train",
+)(_llava_shapes)
 
 
 # --- training ------------------------------------------------------------------------------
@@ -665,7 +664,7 @@ def model_card(
 def _parser() -> Any:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tokenreduce.assets.llava_shapes")
+    parser = argparse.ArgumentParser(prog="python -m tokenreduce.assets llava-shapes")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train (or resume) the projector, then evaluate")
     tr.add_argument("--out", type=Path, default=None, help=f"default: {default_dir()}")
@@ -726,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python -m tokenreduce.assets.llava_shapes " + shlex.join(
+    command = "python -m tokenreduce.assets llava-shapes " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     train_data, test_data = _splits(args)
@@ -757,6 +756,3 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_eval:
         _evaluate_and_card(model, processor, opts.out, train_data, test_data, args, command)
 
-
-if __name__ == "__main__":
-    main()
