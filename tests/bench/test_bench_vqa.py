@@ -120,6 +120,29 @@ def test_questions_are_seeded_and_limited():
         load_questions("coco", 3)
 
 
+def test_easy_vqa_split_has_its_question_types():
+    questions = load_questions("easy-vqa", 5)
+    assert len(questions) == 5 and questions.name == "easy-vqa/test"
+    assert set(questions.qtypes) <= {"presence", "color", "shape"}
+
+
+def test_summary_judges_the_target_at_a_quarter_of_the_visual_tokens():
+    def row(kept: float, share: float, ttft: float) -> dict:
+        return {"accuracy_kept": kept, "accuracy": kept * 0.8, "accuracy_delta": 0.8 * kept - 80,
+                "visual_share": share, "visual_tokens": 64 * share, "ttft_speedup": ttft}  # fmt: skip
+
+    base = {"accuracy": 80.0, "accuracy_kept": 100.0, "visual_share": 1.0, "ttft_speedup": 1.0}
+    rows = [(BASELINE, base), ("topk:keep_ratio=0.25", row(96.0, 0.25, 1.6)),
+            ("random:keep_ratio=0.25", row(90.0, 0.25, 1.7)),
+            ("topk:keep_ratio=0.11", row(70.0, 0.11, 2.0))]  # fmt: skip
+    quarter, ninth = get("vqa").summary(rows)
+    assert "best at <= 25%" in quarter and "topk" in quarter and quarter.endswith("met")
+    assert "best at <= 11%" in ninth and "70.0%" in ninth
+    rows[1] = ("topk:keep_ratio=0.25", row(96.0, 0.25, 1.2))  # too slow: random is still worse
+    assert get("vqa").summary(rows)[0].endswith("missed")
+    assert "no question right" in get("vqa").summary([(BASELINE, {"accuracy": 0.0})])[0]
+
+
 # -- rows ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rows(loaded):
@@ -194,6 +217,18 @@ def test_cli_refuses_a_vision_task_and_a_kv_method(llava_folder, tmp_path):
     assert "needs a vision model" in result.output and "is a vision-language model" in result.output
     result = CliRunner().invoke(app, [*base, "--task", "vqa", "--methods", "snapkv"])
     assert result.exit_code != 0 and "kind 'kv_cache'" in result.output
+
+
+def test_cli_says_how_to_train_llava_shapes_when_untrained(monkeypatch, tmp_path):
+    from tokenreduce.assets import llava_shapes
+
+    monkeypatch.setenv("TOKENREDUCE_CACHE", str(tmp_path))
+    monkeypatch.setattr(llava_shapes, "BUNDLED", tmp_path / "none.safetensors")
+    args = ["bench", "--model", "llava-shapes", "--db", str(tmp_path / "r.sqlite"),
+            "--out", str(tmp_path / "r.html")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "llava-shapes has no trained projector" in result.output
+    assert llava_shapes.TRAIN_COMMAND in result.output
 
 
 def test_loaded_llava_is_a_vision_language_model(loaded):

@@ -103,7 +103,10 @@ def load(spec: str) -> LoadedModel:
     if not spec or not spec.strip():
         raise ModelError("--model is empty; give an asset name, a checkpoint path or a timm name")
     if spec in assets.available():
-        loaded = assets.load(spec)
+        try:
+            loaded = assets.load(spec)
+        except FileNotFoundError as err:  # an asset whose trained weights are not there yet
+            raise ModelError(f"--model {spec!r}: {err}") from None
         model, extra = loaded if isinstance(loaded, tuple) else (loaded, None)
         return _loaded(model.eval(), spec, "asset", extra)
     path = Path(spec).expanduser()
