@@ -190,3 +190,47 @@ def test_an_image_count_that_does_not_match_the_placeholders_fails_clearly(llava
             llava(input_ids=ids, pixel_values=pixels(2))  # two images, one image's placeholders
         llava(input_ids=ids, pixel_values=pixels(1), use_cache=True)  # the patch still works
     assert torch.equal(llava(input_ids=ids, pixel_values=pixels(1)).logits, plain)
+
+
+@torch.no_grad()
+def test_generate_equals_the_language_model_run_on_the_kept_tokens_by_hand(llava):
+    """The reference: the plain language model fed the kept prompt tokens' embeddings at their
+    original positions, then greedy steps at the positions that follow the whole prompt."""
+    from transformers import DynamicCache
+
+    from tokenreduce.lm import cache_kwargs
+
+    ids, px = prompt(1, 0), pixels(1, seed=5)
+    projected = {}
+    hook = llava.model.multi_modal_projector.register_forward_hook(
+        lambda m, a, out: projected.setdefault("features", out)
+    )
+    llava(input_ids=ids, pixel_values=px)
+    hook.remove()
+    embeds = llava.get_input_embeddings()(ids)
+    embeds[ids == IMAGE] = projected["features"][0]
+    with tokenreduce.patch(llava, placed("topk", llava, keep_ratio=0.25)) as handle:
+        tokens, _ = generate(llava, ids, torch.ones_like(ids), px, steps=3)
+        kept = handle.trace.prefill_kept[0]
+    lm, cache = llava.model.language_model, DynamicCache()
+    x, position, expected = embeds[:, kept[0]], kept, []
+    for step in range(3):
+        out = lm(inputs_embeds=x, position_ids=position, use_cache=True, **cache_kwargs(lm, cache))
+        token = llava.lm_head(out.last_hidden_state[:, -1]).argmax(-1)
+        expected.append(int(token))
+        x = llava.get_input_embeddings()(token[:, None])
+        position = torch.tensor([[ids.shape[1] + step]])
+    assert tokens[0].tolist() == expected
+
+
+@pytest.mark.parametrize("name", ["visionzip", "fastv", "snapkv"])
+@torch.no_grad()
+def test_sdpa_stays_on(llava, name, monkeypatch):
+    from ..conftest import record_sdpa_masks
+
+    calls = record_sdpa_masks(monkeypatch)
+    with tokenreduce.patch(llava, placed(name, llava)):
+        llava(input_ids=prompt(1, 0), pixel_values=pixels(1), use_cache=True)
+    vision = llava.config.vision_config.num_hidden_layers
+    language = llava.config.text_config.num_hidden_layers
+    assert len(calls) == vision + language  # every attention layer ran the fused kernel
