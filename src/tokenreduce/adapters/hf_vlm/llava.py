@@ -157,8 +157,10 @@ def _tiny(strategy: str, seed: int = 0, **text_overrides) -> nn.Module:
     import transformers
 
     torch.manual_seed(seed)
-    vision = transformers.Dinov2Config(image_size=28, patch_size=7, num_hidden_layers=4,
-                                       hidden_size=32, num_attention_heads=2, mlp_ratio=2)  # fmt: skip
+    vision = transformers.Dinov2Config(
+        image_size=28, patch_size=7, num_hidden_layers=4, hidden_size=32, num_attention_heads=2,
+        mlp_ratio=2,
+    )  # fmt: skip
     text = transformers.LlamaConfig(**{
         "vocab_size": 101, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
