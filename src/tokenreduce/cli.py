@@ -231,6 +231,9 @@ def _build_task(
 
     task_cls = tasks_mod.get(task or loaded.default_task)
     _check_model_kind(task_cls, loaded, spec)
+    if options.split is not None and options.split not in task_cls.splits:
+        offers = f"one of {', '.join(task_cls.splits)}" if task_cls.splits else "no --split"
+        _fail(f"--split {options.split!r}: task {task_cls.name!r} takes {offers}")
     try:
         configs = cfg.resolve(
             methods,

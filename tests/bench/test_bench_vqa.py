@@ -209,7 +209,7 @@ def test_cli_end_to_end(llava_folder, tmp_path):
     assert out.is_file() and "data:image/png" in out.read_text()  # the token maps
 
 
-def test_cli_refuses_a_vision_task_and_a_kv_method(llava_folder, tmp_path):
+def test_cli_refuses_a_vision_task_a_kv_method_and_an_unknown_split(llava_folder, tmp_path):
     base = ["bench", "--model", str(llava_folder), "--db", str(tmp_path / "r.sqlite"),
             "--out", str(tmp_path / "r.html")]  # fmt: skip
     result = CliRunner().invoke(app, [*base, "--task", "fidelity"])
@@ -217,6 +217,9 @@ def test_cli_refuses_a_vision_task_and_a_kv_method(llava_folder, tmp_path):
     assert "needs a vision model" in result.output and "is a vision-language model" in result.output
     result = CliRunner().invoke(app, [*base, "--task", "vqa", "--methods", "snapkv"])
     assert result.exit_code != 0 and "kind 'kv_cache'" in result.output
+    result = CliRunner().invoke(app, [*base, "--split", "coco"])
+    assert result.exit_code != 0
+    assert "--split 'coco': task 'vqa' takes one of scenes, easy-vqa" in result.output
 
 
 def test_cli_says_how_to_train_llava_shapes_when_untrained(monkeypatch, tmp_path):
@@ -234,3 +237,11 @@ def test_cli_says_how_to_train_llava_shapes_when_untrained(monkeypatch, tmp_path
 def test_loaded_llava_is_a_vision_language_model(loaded):
     assert loaded.kind == "vlm" and loaded.default_task == "vqa"
     assert loaded.processor is not None and not loaded.is_classifier
+
+
+def test_cli_refuses_split_for_a_task_without_splits(tiny_ckpt, idx_dir, tmp_path):
+    args = ["bench", "--model", str(tiny_ckpt), "--data", str(idx_dir), "--split", "scenes",
+            "--db", str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "r.html")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "task 'classification' takes no --split" in result.output

@@ -104,6 +104,8 @@ class Task:
     model_kind: ClassVar[str] = "vision"
     #: the method kinds (``Method.kind``) this task sweeps
     method_kinds: ClassVar[tuple[str, ...]] = ("tokens",)
+    #: the data sets ``--split`` may name (the first is the default); none: no ``--split``
+    splits: ClassVar[tuple[str, ...]] = ()
     columns: ClassVar[tuple[Column, ...]] = ()
     plots: ClassVar[tuple[Plot, ...]] = ()
 

@@ -187,6 +187,7 @@ class VisualQuestionAnswering(Task):
     )
     model_kind = "vlm"
     method_kinds = ("tokens", "prefill")
+    splits = SPLITS
     columns = (
         Column("accuracy", "accuracy %", ".1f", True),
         Column("accuracy_delta", "Δ accuracy", "+.1f", True),
@@ -251,7 +252,7 @@ class VisualQuestionAnswering(Task):
         decoding steps."""
         q = options.quick
         questions = load_questions(
-            options.split or "scenes", options.limit or (QUICK_LIMIT if q else DEFAULT_LIMIT)
+            options.split or SPLITS[0], options.limit or (QUICK_LIMIT if q else DEFAULT_LIMIT)
         )
         task = cls(
             loaded.processor,
@@ -456,7 +457,9 @@ class VisualQuestionAnswering(Task):
 
     def pictures(self, model: nn.Module, config: str) -> dict[str, bytes]:
         """Token maps of the visual tokens kept over the first images (the plain image for
-        the baseline): dropped patches grey, merged groups tinted."""
+        the baseline), dropped patches grey. Merged groups are tinted when the handoff's token
+        state records them (``handle.state``); otherwise each token the language model runs
+        on is drawn at its own patch (a merged token's anchor) and the rest grey."""
         from PIL import Image
 
         from ... import viz
