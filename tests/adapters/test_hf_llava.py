@@ -234,3 +234,16 @@ def test_sdpa_stays_on(llava, name, monkeypatch):
     vision = llava.config.vision_config.num_hidden_layers
     language = llava.config.text_config.num_hidden_layers
     assert len(calls) == vision + language  # every attention layer ran the fused kernel
+
+
+@torch.no_grad()
+def test_the_grid_is_the_images_own_when_the_tower_runs_at_another_size(llava):
+    """DINOv2 interpolates its position embeddings: 42 x 42 images give 6 x 6 patches where the
+    config says 4 x 4, and grid methods pool the grid the tokens form."""
+    n = 36
+    ids = torch.cat([torch.tensor([11, 12]), torch.full((n,), IMAGE), torch.tensor([13, 14])])
+    px = torch.randn(1, 3, 42, 42, generator=torch.Generator().manual_seed(0))
+    with tokenreduce.patch(llava, placed("downsample", llava, keep_ratio=0.25)) as handle:
+        llava(input_ids=ids[None], pixel_values=px, use_cache=True)
+        kept = handle.trace.prefill_kept[0][0]
+    assert int((ids[kept] == IMAGE).sum()) == 9  # 3 x 3 cells of the 6 x 6 grid

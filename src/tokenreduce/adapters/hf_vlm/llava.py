@@ -6,6 +6,7 @@ strategy), caught from the tower's own query and key projections."""
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -88,7 +89,23 @@ class HFLlavaAdapter(VLMAdapter):
         n = output.shape[1]
         tower = self._tower.read(n) if self._tower is not None else None
         attention = None if tower is None else [_one(tower, i) for i in range(output.shape[0])]
-        return Images(list(output), [self.info.grid] * output.shape[0], attention)
+        return Images(list(output), [self._grid_of(n)] * output.shape[0], attention)
+
+    def _grid_of(self, n: int) -> tuple[int, int] | None:
+        """The patch grid of ``n`` handed-over tokens: the tower may run at another image size
+        than its config's (DINOv2 and others interpolate their position embeddings), so the
+        grid is read from the tokens, a square of patches (after the class token, if handed
+        over)."""
+        patches = n - self.info.num_prefix
+        side = math.isqrt(patches)
+        if side * side == patches:
+            return (side, side)
+        if self.method.needs_grid:
+            raise self.not_applied(
+                f"{self.method.name} needs the patch grid, but the {patches} image tokens "
+                "handed over form no square grid"
+            )
+        return None
 
 
 def _one(tower: tuple, i: int) -> tuple:
