@@ -247,3 +247,14 @@ def test_the_grid_is_the_images_own_when_the_tower_runs_at_another_size(llava):
         llava(input_ids=ids[None], pixel_values=px, use_cache=True)
         kept = handle.trace.prefill_kept[0][0]
     assert int((ids[kept] == IMAGE).sum()) == 9  # 3 x 3 cells of the 6 x 6 grid
+
+
+@torch.no_grad()
+def test_the_handle_holds_the_images_token_state(llava):
+    ids, mask = left_pad([prompt(1, 0), prompt(2, 1)])
+    with tokenreduce.patch(llava, placed("tome", llava, r=6)) as handle:
+        generate(llava, ids, mask, pixels(3))
+        state = handle.state
+    assert state.size.shape == (3, N - 6)  # three images, each merged by 6
+    assert torch.equal(state.size.sum(1), torch.full((3,), float(N)))
+    assert state.merged

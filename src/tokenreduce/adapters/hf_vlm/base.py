@@ -126,6 +126,7 @@ class VLMAdapter(HFDecoderAdapter):
         self._images: tuple[Reduction | None, torch.Tensor] | None = None
         self._placeholders: torch.Tensor | None = None
         self._handed = False
+        self._image_state: TokenState | None = None
 
     @property
     def active(self) -> bool:
@@ -168,14 +169,21 @@ class VLMAdapter(HFDecoderAdapter):
         alike = len(set(sizes)) == 1 and len(set(images.grids)) == 1
         groups = [list(range(len(sizes)))] if alike else [[i] for i in range(len(sizes))]
         parts = [self._reduce_group(images, g) for g in groups]
+        real = torch.arange(max(sizes), device=lengths.device)[None, :] < lengths[:, None]
+        start = TokenState.initial(len(sizes), max(sizes), self.info.num_prefix,
+                                   lengths.device, valid=real)  # fmt: skip
         if all(p is None for p in parts):
+            self._image_state = start
             return None, lengths
         if alike:
-            return parts[0], lengths
-        index = [torch.arange(n, device=lengths.device) for n in sizes]
-        whole = [p if p is not None else Reduction.everything(1, n, lengths.device)
-                 for p, n in zip(parts, sizes, strict=True)]  # fmt: skip
-        return Reduction.stack(whole, index, max(sizes)), lengths
+            red = parts[0]
+        else:
+            index = [torch.arange(n, device=lengths.device) for n in sizes]
+            whole = [p if p is not None else Reduction.everything(1, n, lengths.device)
+                     for p, n in zip(parts, sizes, strict=True)]  # fmt: skip
+            red = Reduction.stack(whole, index, max(sizes))
+        self._image_state = start.apply(red)
+        return red, lengths
 
     def _reduce_group(self, images: Images, group: list[int]) -> Reduction | None:
         """One site call over the images ``group``, all of one size and grid."""
@@ -192,7 +200,8 @@ class VLMAdapter(HFDecoderAdapter):
     def _before_forward(self, module, args, kwargs):
         args, kwargs = super()._before_forward(module, args, kwargs)
         fwd, placeholders = self.current, self._placeholders
-        if not fwd.prefill:
+        if not fwd.prefill:  # decoding after a prefill: its images' state still holds
+            self.trace.state = self._image_state
             return args, kwargs
         if self.prunes_prompt and not self.reduces_images and placeholders is not None:
             fwd.protected = ~placeholders  # a prefill method's candidates: image tokens only
@@ -202,6 +211,10 @@ class VLMAdapter(HFDecoderAdapter):
 
     def _hand_over(self, fwd, placeholders: torch.Tensor | None) -> None:
         images, self._images = self._images, None
+        # the images' token state (I, N): ``handle.state`` after a forward that had images
+        if images is None:
+            self._image_state = None
+        self.trace.state = self._image_state
         if placeholders is None or not bool(placeholders.any()):
             if images is not None:
                 raise self.not_applied(
