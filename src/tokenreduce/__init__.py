@@ -6,7 +6,7 @@
 ...     logits = model(images)
 """
 
-from . import lm, methods
+from . import lm, methods, text
 from .adapters import ReductionNotApplied
 from .api import Handle, describe, handle_of, patch, unpatch
 
@@ -19,6 +19,7 @@ __all__ = [
     "lm",
     "methods",
     "patch",
+    "text",
     "unpatch",
     "__version__",
 ]

@@ -15,23 +15,35 @@ from ..conftest import images, output
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
+
+def fits(adapter, method) -> bool:
+    """Whether the family can take the method: a text encoder has no patch grid."""
+    return not (adapter.kind == "text" and getattr(method, "needs_grid", False))
+
+
 CASES = [
     pytest.param(adapter, example, name, id=f"{example}-{name}")
     for adapter in ADAPTERS
     for example in adapter.examples()
     for name in available()
-    if issubclass(get(name), adapter.accepts)
+    if issubclass(get(name), adapter.accepts) and fits(adapter, get(name))
 ]
 
 
 def inputs(model: torch.nn.Module, adapter) -> tuple[tuple, dict]:
     """Two images for a vision model; two prompts, the second left-padded, for a decoder; for
-    a vision-language model, its family's example batch (prompts with an image each)."""
+    a vision-language model, its family's example batch (prompts with an image each); for a
+    text encoder, two sentences, the second right-padded."""
     if adapter.kind == "vision":
         return (images(2),), {}
     if adapter.kind == "vision-language":
         return (), {**adapter.example_batch(model), "use_cache": True}
     g = torch.Generator().manual_seed(0)
+    if adapter.kind == "text":
+        ids = torch.randint(5, model.config.vocab_size, (2, 16), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 11:] = 0
+        return (ids,), {"attention_mask": mask}
     ids = torch.randint(10, model.config.vocab_size, (2, 16), generator=g)  # within windows
     mask = torch.ones_like(ids)
     mask[1, :3] = 0

@@ -22,7 +22,9 @@ from tokenreduce.methods.base import _REGISTRY, InvalidParameter, Range
 
 from ..conftest import make_vit
 
-KINDS = (methods.TokenMethod, methods.KVCacheMethod, methods.PrefillMethod)
+KINDS = (
+    methods.TokenMethod, methods.PerInputTokenMethod, methods.KVCacheMethod, methods.PrefillMethod,
+)  # fmt: skip
 ALL = methods.available()
 
 

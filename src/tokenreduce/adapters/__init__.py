@@ -8,12 +8,14 @@ from ..core.context import ModelInfo
 from ..methods.base import Method
 from .base import Adapter, ReductionNotApplied, Trace
 from .hf_decoder import HFDecoderAdapter, cache_bytes, cache_kwargs, find_cache, output_cache
+from .hf_encoder import HFEncoderAdapter
 from .hf_vision import HFVisionAdapter
 from .hf_vlm import HFLlavaAdapter, HFQwenVLAdapter
 from .timm_vit import TimmViTAdapter
 
 ADAPTERS: list[type[Adapter]] = [
     TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter, HFLlavaAdapter, HFQwenVLAdapter,
+    HFEncoderAdapter,
 ]  # fmt: skip
 
 

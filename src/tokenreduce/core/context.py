@@ -11,8 +11,8 @@ from torch import Tensor
 from .scorers import attention_received
 from .state import TokenState
 
-#: the kinds of model an adapter describes
-KINDS = ("vision", "language", "vision-language")
+#: the kinds of model an adapter describes ("language": decoders; "text": bidirectional encoders)
+KINDS = ("vision", "language", "vision-language", "text")
 
 
 @dataclass(frozen=True)

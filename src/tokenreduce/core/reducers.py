@@ -61,6 +61,7 @@ def bipartite_merge(
     size: Tensor,
     order: str = "reference",
     num_protected: int | None = None,
+    prefix: bool = True,
 ) -> Reduction:
     """ToMe's bipartite soft matching (Bolya et al., ICLR 2023).
 
@@ -86,6 +87,11 @@ def bipartite_merge(
             ``"original"``: every token keeps its input order.
         num_protected: the length of the protected prefix when the caller knows it
             (``TokenState.num_protected``); read from ``protected`` otherwise.
+        prefix: whether ``protected`` is a common prefix (``TokenState.protected_prefix``).
+            False handles protected tokens anywhere (the same number per sample): they
+            propose and receive nothing, ``r`` is clamped to the unprotected A tokens, and
+            the ``"reference"`` order keeps every unmerged A token in input order, then the B
+            tokens.
 
     Returns:
         The :class:`Reduction` from N to N - r tokens.
@@ -97,6 +103,8 @@ def bipartite_merge(
         raise ValueError(f"bipartite_merge: order must be one of {MERGE_ORDERS}, got {order!r}")
     b, n, _ = metric.shape
     n_prot = int(protected.sum(1).max()) if num_protected is None else num_protected
+    if not prefix:
+        return _bipartite_merge_masked(metric, r, protected, size, order)
     r = min(r, (n - n_prot) // 2)
     if r <= 0:
         return Reduction.select(torch.arange(n, device=metric.device).expand(b, n), n)
@@ -126,6 +134,31 @@ def bipartite_merge(
     # B index j >= prot_b sits in slot n_prot + n_unm + (j - prot_b).
     plan = FoldPlan(lead, 2 * src, dst + (n_prot + n_unm - prot_b))
     return Reduction.from_plan(plan, size)
+
+
+def _bipartite_merge_masked(
+    metric: Tensor, r: int, protected: Tensor, size: Tensor, order: str
+) -> Reduction:
+    """:func:`bipartite_merge` for protected tokens at any positions (see its ``prefix``)."""
+    b, n, _ = metric.shape
+    prot_a, prot_b = protected[:, ::2], protected[:, 1::2]
+    free_a = int((~prot_a).sum(1).min())
+    r = min(r, (n - int(protected.sum(1).max())) // 2, free_a)
+    if r <= 0 or bool(prot_b.all(1).any()):  # no A token to move, or no B token to take it
+        return Reduction.select(torch.arange(n, device=metric.device).expand(b, n), n)
+    metric = F.normalize(metric, dim=-1)
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(-2, -1)
+    scores.masked_fill_(prot_a[:, :, None] | prot_b[:, None, :], -torch.inf)
+    node_max, node_idx = scores.max(dim=-1)
+    node_max.masked_fill_(prot_a, -torch.inf)  # a protected A token is never a source
+    src = node_max.argsort(dim=-1, descending=True, stable=True)[:, :r]
+    dst = node_idx.gather(1, src)
+    if order == "original":
+        return _merge_in_input_order(2 * src, 2 * dst + 1, size)
+    unmerged = _complement_ascending(src, prot_a.shape[1])
+    n_unm = unmerged.shape[1]
+    lead = torch.cat([2 * unmerged, torch.arange(1, n, 2, device=metric.device).expand(b, -1)], 1)
+    return Reduction.from_plan(FoldPlan(lead, 2 * src, dst + n_unm), size)
 
 
 def _complement_ascending(idx: Tensor, n: int) -> Tensor:

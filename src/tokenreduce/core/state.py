@@ -19,7 +19,11 @@ class TokenState:
     or -1 if it was dropped. An O(N0) index map, never an N x N matrix.
     ``position`` (B, N): original index of each current token (its anchor), -1 for a synthetic
     token such as EViT's fused token.
-    ``protected`` (B, N): tokens no reduction may drop or merge (class, distillation, registers).
+    ``protected`` (B, N): tokens no reduction may drop or merge (class, distillation, registers,
+    a text encoder's [SEP]); the same number in every sample.
+    ``protected_prefix``: True when ``protected`` is the same leading prefix in every sample
+    (what reducers that keep protected tokens first, such as ToMe's reference order, rely on);
+    False for a mask with protected tokens elsewhere (a [SEP] at each sample's end).
     ``merged``: True once any token stands for more than one original token; until then size-
     dependent terms (proportional attention) are skipped so an unreduced model stays bitwise exact.
     ``valid`` (B, N): True at real tokens, False at padding, for a padded batch whose samples
@@ -34,6 +38,7 @@ class TokenState:
     protected: Tensor
     merged: bool = False
     valid: Tensor | None = None
+    protected_prefix: bool = True
     #: the count behind :attr:`num_protected`, read from ``protected`` once and carried on
     _num_protected: int | None = field(default=None, repr=False, compare=False)
 
@@ -46,11 +51,20 @@ class TokenState:
         device=None,
         dtype=torch.float32,
         valid: Tensor | None = None,
+        protected: Tensor | None = None,
     ) -> TokenState:
         """The state of an unreduced sequence. ``valid`` (B, N) marks the real tokens of a
-        padded batch; a mask with no padding is dropped (the batch is then not ragged)."""
+        padded batch; a mask with no padding is dropped (the batch is then not ragged).
+        ``protected`` (B, N) bool, the same number of True in every sample, replaces the
+        prefix of ``num_protected`` tokens by any set (a text encoder's [CLS] and [SEP]);
+        ValueError if its shape or counts are wrong or it protects padding."""
         pos = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
-        protected = (pos < num_protected).clone()
+        prefix = True
+        if protected is None:
+            protected = (pos < num_protected).clone()
+        else:
+            protected, prefix = _checked_protected(protected, valid, batch, num_tokens, device)
+            num_protected = int(protected[0].sum())
         if valid is not None:
             if valid.shape != (batch, num_tokens):
                 raise ValueError(
@@ -65,6 +79,7 @@ class TokenState:
             position=pos.clone(),
             protected=protected & valid if valid is not None else protected,
             valid=valid,
+            protected_prefix=prefix,
             _num_protected=min(num_protected, num_tokens) if valid is None else None,
         )
 
@@ -74,7 +89,8 @@ class TokenState:
 
     @property
     def num_protected(self) -> int:
-        """Protected tokens per sample (a prefix of the same length in every sample)."""
+        """Protected tokens per sample (the same number in every sample; a prefix of that
+        length when :attr:`protected_prefix`)."""
         if self._num_protected is None:
             self._num_protected = int(self.protected.sum(1).max())
         return self._num_protected
@@ -110,6 +126,7 @@ class TokenState:
             position=self.position[sample, index][None],
             protected=protected,
             merged=self.merged,
+            protected_prefix=self.protected_prefix,
         )
 
     def apply(self, red: Reduction) -> TokenState:
@@ -127,6 +144,8 @@ class TokenState:
             protected=red.apply(self.protected, "anchor"),
             merged=self.merged or not red.is_selection,
             valid=red.valid if red.valid is not None else self._valid_after(red),
+            # a reducer may move a protected token that is not in the prefix; a prefix stays
+            protected_prefix=self.protected_prefix,
             _num_protected=self._num_protected,  # reductions keep every protected token
         )
 
@@ -145,3 +164,26 @@ class TokenState:
         token was dropped (its value is then ``fill``).
         """
         return scatter_back(y, self.source, fill)
+
+
+def _checked_protected(
+    protected: Tensor, valid: Tensor | None, batch: int, num_tokens: int, device
+) -> tuple[Tensor, bool]:
+    """``protected`` as a bool tensor on ``device``, and whether it is a common prefix."""
+    if protected.shape != (batch, num_tokens):
+        raise ValueError(
+            f"protected must be ({batch}, {num_tokens}), one flag per token; got "
+            f"{tuple(protected.shape)}"
+        )
+    protected = protected.to(device=device, dtype=torch.bool)
+    counts = protected.sum(1)
+    if bool((counts != counts[0]).any()):
+        raise ValueError(
+            f"protected must mark the same number of tokens in every sample; got "
+            f"{counts.tolist()}"
+        )
+    if valid is not None and bool((protected & ~valid.to(device=device, dtype=torch.bool)).any()):
+        raise ValueError("protected marks padding (valid is False there); protect real tokens")
+    n = int(counts[0]) if batch else 0
+    prefix = bool(protected[:, :n].all())
+    return protected, prefix

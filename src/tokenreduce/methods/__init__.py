@@ -5,7 +5,9 @@ Each method class is importable from here under its own name (``tokenreduce.meth
 
 >>> from tokenreduce import methods
 >>> [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
-['divprune', 'downsample', 'evit', 'pool', 'prunemerge', 'random', 'tome', 'topk', 'visionzip']
+... # doctest: +NORMALIZE_WHITESPACE
+['divprune', 'downsample', 'evit', 'pool', 'power_bert', 'prunemerge', 'random', 'tome', 'topk',
+ 'visionzip']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
 >>> methods.ToMe(r=13) == methods.build("tome:r=13")
@@ -15,6 +17,7 @@ True
 from .base import (
     InvalidParameter,
     Method,
+    PerInputTokenMethod,
     TokenMethod,
     available,
     build,
@@ -33,7 +36,9 @@ from .knorm import KNorm
 from .kv_base import KVCacheMethod
 from .kv_random import KVRandom
 from .lazyllm import LazyLLM
+from .ltp import LTP
 from .pool import Pool
+from .power_bert import PoWERBERT
 from .prefill import PrefillMethod
 from .prunemerge import PruneMerge
 from .pruning import KeepRatioMethod
@@ -48,8 +53,8 @@ from .visionzip import VisionZip
 
 __all__ = [
     "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
-    "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LazyLLM", "Method", "Pool",
-    "PrefillMethod", "PruneMerge", "PyramidKV", "RandomPrune", "SnapKV", "StreamingLLM", "TOVA",
+    "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LTP", "LazyLLM", "Method", "PoWERBERT", "Pool",
+    "PerInputTokenMethod", "PrefillMethod", "PruneMerge", "PyramidKV", "RandomPrune", "SnapKV", "StreamingLLM", "TOVA",
     "ToMe", "TokenMethod", "TopK", "VisionZip", "available", "build", "describe", "get",
     "param", "parse_spec", "register",
 ]  # fmt: skip

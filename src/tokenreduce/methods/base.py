@@ -237,13 +237,11 @@ class Method:
         return cls(**{**sized, **overrides})
 
 
-class TokenMethod(Method):
-    """A method that reduces the hidden-state sequence at sites inside the model (vision
-    tokens). A subclass writes :meth:`budget` and :meth:`reduce`; the adapter calls
-    ``reduce`` at every site where the budget removes something."""
+class SequenceMethod(Method):
+    """What the token-sequence kinds share: a subclass writes :meth:`budget` and
+    :meth:`reduce`; the adapter calls ``reduce`` at every site where the budget removes
+    something. Not a kind itself (see :class:`TokenMethod`, :class:`PerInputTokenMethod`)."""
 
-    kind: ClassVar[str] = "tokens"
-    kind_words: ClassVar[str] = "token-sequence"
     #: add log(token size) to attention logits once tokens have been merged
     proportional_attention: ClassVar[bool] = False
     #: the method needs a 2-D patch grid (vision only)
@@ -269,6 +267,25 @@ class TokenMethod(Method):
                     )
         if self.needs_grid and model.grid is None and not model.grid_per_input:
             raise InvalidParameter(f"{self.name} needs a patch grid; {model.family} has none")
+
+
+class TokenMethod(SequenceMethod):
+    """A method that reduces the hidden-state sequence at sites inside the model (vision
+    tokens, text tokens) by the same count in every sample of a batch without padding."""
+
+    kind: ClassVar[str] = "tokens"
+    kind_words: ClassVar[str] = "token-sequence"
+
+
+class PerInputTokenMethod(SequenceMethod):
+    """A token-sequence method whose reductions give each input its own token count (a score
+    threshold): a batch without padding turns ragged, with padding slots at each shorter
+    sample's end, so only adapters whose later layers hide padding slots (text encoders)
+    accept it. Its budget's ``keep(site, n)`` is the fewest tokens a site may keep; the
+    method's ``reduce`` decides per input how many of the ``n_remove`` allowed go."""
+
+    kind: ClassVar[str] = "tokens_per_input"
+    kind_words: ClassVar[str] = "per-input token-sequence"
 
 
 def kinds_text(kinds: tuple[type[Method], ...]) -> str:

@@ -96,5 +96,6 @@ class ToMe(TokenMethod):
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
         state = ctx.state
         return bipartite_merge(
-            ctx.key_mean, n_remove, state.protected, state.size, self.order, state.num_protected
-        )
+            ctx.key_mean, n_remove, state.protected, state.size, self.order,
+            state.num_protected, state.protected_prefix,
+        )  # fmt: skip
