@@ -367,32 +367,15 @@ class LongContextTask(Task):
         prompt = next(p for p in self.prompts if p.context == self.contexts[-1])
         ids = torch.tensor([prompt.ids], dtype=torch.long)
         (base, red), attempts = until_steady(
-            lambda: self._time_once(model, reduced, ids, is_baseline), noisiest_pair
-        )
+            lambda: timed_runs(model, reduced, ids, self.decode_tokens, self.repeats,
+                               self.warmup, is_baseline),
+            noisiest_pair,
+        )  # fmt: skip
         return {
             "timing_context": prompt.context,
             "timing_prompt_tokens": len(prompt.ids),
             **timing_metrics(base, red, self.decode_tokens, attempts),
         }
-
-    def _time_once(
-        self, model: nn.Module, reduced: nn.Module, ids: torch.Tensor, is_baseline: bool
-    ) -> tuple[list[Run], list[Run]]:
-        """One set of paired runs of ``ids`` (``warmup`` untimed, then ``repeats`` timed per
-        side): the unreduced and the reduced model's timed runs. The baseline is timed once
-        per repeat and paired with itself."""
-        runs: dict[str, list[Run]] = {"base": [], "reduced": []}
-
-        def call(m: nn.Module, side: str) -> Callable[[], None]:
-            return lambda: runs[side].append(prefill_and_decode(m, ids, self.decode_tokens))
-
-        if is_baseline:
-            for _ in range(self.warmup + self.repeats):
-                call(model, "base")()
-            runs["reduced"] = runs["base"]
-        else:
-            paired_times(call(model, "base"), call(reduced, "reduced"), self.repeats, self.warmup)
-        return runs["base"][self.warmup :], runs["reduced"][self.warmup :]
 
     def _metrics(
         self,
@@ -595,23 +578,51 @@ def timing_metrics(
 
 
 def prefill_and_decode(
-    model: nn.Module, ids: torch.Tensor, steps: int
+    model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor], steps: int
 ) -> tuple[float, float, float, float]:
     """Seconds of (prefill + first token) and of ``steps`` greedy decoding steps after it,
-    in wall-clock time, then the same two in process CPU time (all threads)."""
+    in wall-clock time, then the same two in process CPU time (all threads). ``inputs``: the
+    prompt's ids, or every input of the prompt's forward (a vision-language model's images)."""
     from ...lm import cache_kwargs, output_cache
 
+    inputs = {"input_ids": inputs} if torch.is_tensor(inputs) else inputs
     with torch.inference_mode():
         start, start_cpu = perf_counter(), process_time()
-        out = model(ids, use_cache=True, logits_to_keep=1)
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
         nxt = out.logits[:, -1:].argmax(-1)
         first, first_cpu = perf_counter(), process_time()
         cache = cache_kwargs(model, output_cache(out))
         for _ in range(steps):
-            out = model(nxt, **cache, use_cache=True)
+            out = model(input_ids=nxt, **cache, use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
         end, end_cpu = perf_counter(), process_time()
     return first - start, end - first, first_cpu - start_cpu, end_cpu - first_cpu
+
+
+def timed_runs(
+    model: nn.Module,
+    reduced: nn.Module,
+    inputs: torch.Tensor | dict[str, torch.Tensor],
+    decode_tokens: int,
+    repeats: int,
+    warmup: int,
+    is_baseline: bool,
+) -> tuple[list[Run], list[Run]]:
+    """One set of paired :func:`prefill_and_decode` runs of ``inputs`` (``warmup`` untimed,
+    then ``repeats`` timed per side): the unreduced and the reduced model's timed runs. The
+    baseline is timed once per repeat and paired with itself."""
+    runs: dict[str, list[Run]] = {"base": [], "reduced": []}
+
+    def call(m: nn.Module, side: str) -> Callable[[], None]:
+        return lambda: runs[side].append(prefill_and_decode(m, inputs, decode_tokens))
+
+    if is_baseline:
+        for _ in range(warmup + repeats):
+            call(model, "base")()
+        runs["reduced"] = runs["base"]
+    else:
+        paired_times(call(model, "base"), call(reduced, "reduced"), repeats, warmup)
+    return runs["base"][warmup:], runs["reduced"][warmup:]
 
 
 def check_length(model: nn.Module, tokens: int) -> None:
@@ -667,6 +678,7 @@ __all__ = [
     "noise_metrics",
     "noisiest_pair",
     "prefill_and_decode",
+    "timed_runs",
     "timing_metrics",
     "wall_pairs",
 ]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
-from time import perf_counter, process_time
 from typing import Any
 
 import numpy as np
@@ -43,16 +42,16 @@ from ... import methods
 from ...core.state import TokenState
 from ..configs import BASELINE, label
 from ..measure import Steps, check_ints, fraction, reduced_model, speedup_text, until_steady
-from ..metrics import paired_times, peak_memory_mb
+from ..metrics import peak_memory_mb
 from . import Column, Metrics, Options, Plot, Task, register
 from .longcontext import (
     DECODE_NOISY,
     KV_COLUMNS,
     TTFT_NOISY,
     PrefillCache,
-    Run,
     kv_plot,
     noisiest_pair,
+    timed_runs,
     timing_metrics,
 )
 
@@ -129,24 +128,6 @@ def patch_state(kept: torch.Tensor) -> TokenState:
     source[0, index] = torch.arange(index.numel())
     ones = torch.ones(1, index.numel())
     return TokenState(ones, source, index[None].clone(), torch.zeros_like(ones, dtype=torch.bool))
-
-
-def prefill_and_decode(model: nn.Module, inputs: dict[str, torch.Tensor], steps: int) -> Run:
-    """Seconds of (prefill + first token) and of ``steps`` greedy decoding steps after it, in
-    wall-clock time, then the same two in process CPU time, for one prompt with its image
-    (``inputs``: the processor's tensors)."""
-    from ...lm import cache_kwargs, output_cache
-
-    with torch.inference_mode():
-        start, start_cpu = perf_counter(), process_time()
-        out = model(**inputs, use_cache=True, logits_to_keep=1)
-        nxt = out.logits[:, -1:].argmax(-1)
-        first, first_cpu = perf_counter(), process_time()
-        for _ in range(steps):
-            out = model(input_ids=nxt, **cache_kwargs(model, output_cache(out)), use_cache=True)
-            nxt = out.logits[:, -1:].argmax(-1)
-        end, end_cpu = perf_counter(), process_time()
-    return first - start, end - first, first_cpu - start_cpu, end_cpu - first_cpu
 
 
 def load_questions(split: str, limit: int) -> Any:
@@ -383,24 +364,11 @@ class VisualQuestionAnswering(Task):
         """Paired TTFT and decoding times on the first question, batch 1, timed again while
         noisy (:func:`~.longcontext.noisiest_pair`), and their metrics."""
         inputs = self._inputs(model, [0])
-
-        def time_once() -> tuple[list[Run], list[Run]]:
-            runs: dict[str, list[Run]] = {"base": [], "reduced": []}
-
-            def call(m: nn.Module, side: str) -> Callable[[], None]:
-                return lambda: runs[side].append(prefill_and_decode(m, inputs, self.decode_tokens))
-
-            if is_baseline:  # timed once per repeat, paired with itself
-                for _ in range(self.warmup + self.repeats):
-                    call(model, "base")()
-                runs["reduced"] = runs["base"]
-            else:
-                paired_times(
-                    call(model, "base"), call(reduced, "reduced"), self.repeats, self.warmup
-                )
-            return runs["base"][self.warmup :], runs["reduced"][self.warmup :]
-
-        (base, red), attempts = until_steady(time_once, noisiest_pair)
+        (base, red), attempts = until_steady(
+            lambda: timed_runs(model, reduced, inputs, self.decode_tokens, self.repeats,
+                               self.warmup, is_baseline),
+            noisiest_pair,
+        )  # fmt: skip
         return {
             "timing_prompt_tokens": int(inputs["input_ids"].shape[1]),
             **timing_metrics(base, red, self.decode_tokens, attempts),
@@ -577,5 +545,4 @@ __all__ = [
     "last_kept",
     "load_questions",
     "patch_state",
-    "prefill_and_decode",
 ]
