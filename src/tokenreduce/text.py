@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .api import Handle, describe, patch
-from .core.scorers import attention_received
 from .methods import LTP
+from .methods.power_bert import received_attention
 
 
 def mean_pool(
@@ -51,8 +51,7 @@ class _RecordingLTP(LTP):
 
     def reduce(self, ctx, n_remove):
         if ctx.layer == self.layer:
-            received = attention_received(ctx.q, ctx.k, None, ctx.scale, ctx.attn_bias)
-            self.recorded.append(received[~ctx.state.protected].float().cpu())
+            self.recorded.append(received_attention(ctx)[~ctx.state.protected].float().cpu())
         return super().reduce(ctx, n_remove)
 
 

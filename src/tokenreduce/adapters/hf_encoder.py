@@ -38,6 +38,7 @@ from ..core.context import ModelInfo
 from ..core.state import TokenState
 from ..methods.base import Method, PerInputTokenMethod, TokenMethod
 from .base import Adapter, Trace
+from .hf_vision import _module_family
 
 #: supported model class -> (ModelInfo family, encoder layer class)
 _SPECS = {"BertModel": ("bert", "BertLayer"), "RobertaModel": ("roberta", "RobertaLayer")}
@@ -57,13 +58,6 @@ def _tiny_hf(name: str, seed: int = 0, **overrides) -> nn.Module:
     torch.manual_seed(seed)
     cfg = getattr(transformers, config)(**{**EXAMPLE_SIZE, **overrides})
     return getattr(transformers, model)(cfg).eval()
-
-
-def _module_family(model: nn.Module) -> str | None:
-    parts = type(model).__module__.split(".")
-    if len(parts) >= 3 and parts[:2] == ["transformers", "models"]:
-        return parts[2]
-    return None
 
 
 def right_padded_valid(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -160,6 +160,15 @@ def check_params(method: Method) -> None:
         check(method.name, f.name, value, rng.accepts(value), rng.describe())
 
 
+def check_per_layer(method: str, param: str, values, model: ModelInfo) -> None:
+    """Refuse a per-layer list (``param``, or None) longer than ``model``'s depth."""
+    if values is not None and len(values) > model.num_layers:
+        raise InvalidParameter(
+            f"{method}: {param} has {len(values)} entries but the model has "
+            f"{model.num_layers} layers"
+        )
+
+
 def check(method: str, param: str, value, ok: bool, allowed: str) -> None:
     """Raise :class:`InvalidParameter` naming the parameter, its value and the valid range."""
     if not ok:

@@ -8,8 +8,8 @@ import torch
 from ..core.budgets import Budget
 from ..core.context import ModelInfo, TokenContext
 from ..core.reduction import Reduction
-from ..core.scorers import attention_received
-from .base import InvalidParameter, PerInputTokenMethod, as_tuple, param, register
+from .base import PerInputTokenMethod, as_tuple, check_per_layer, param, register
+from .power_bert import received_attention
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,7 @@ class LTP(PerInputTokenMethod):
 
     def check_model(self, model: ModelInfo) -> None:
         super().check_model(model)
-        if self.thresholds is not None and len(self.thresholds) > model.num_layers:
-            raise InvalidParameter(
-                f"ltp: thresholds has {len(self.thresholds)} entries but the model has "
-                f"{model.num_layers} layers"
-            )
+        check_per_layer(self.name, "thresholds", self.thresholds, model)
 
     def layer_thresholds(self, num_layers: int) -> tuple[float, ...]:
         """The threshold of each layer of a model ``num_layers`` deep."""
@@ -95,7 +91,7 @@ class LTP(PerInputTokenMethod):
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
         """Prune, in each sample alone, its tokens below this layer's threshold (at most
         ``n_remove`` of them: the lowest); a batch gets per-sample counts."""
-        received = attention_received(ctx.q, ctx.k, None, ctx.scale, ctx.attn_bias)
+        received = received_attention(ctx)
         theta = self.layer_thresholds(ctx.model.num_layers)[ctx.layer]
         protected = ctx.state.protected
         below = (received < theta) & ~protected

@@ -3,12 +3,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from ..core.budgets import Budget
 from ..core.context import ModelInfo, TokenContext
 from ..core.reducers import topk_prune
 from ..core.reduction import Reduction
 from ..core.scorers import attention_received
-from .base import InvalidParameter, TokenMethod, as_tuple, param, register
+from .base import TokenMethod, as_tuple, check_per_layer, param, register
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,12 @@ class Retention(Budget):
 def linear_retention(num_layers: int, keep_ratio: float) -> tuple[float, ...]:
     """Shares falling linearly from 1 before the first layer to ``keep_ratio`` after the last."""
     return tuple(1 - (1 - keep_ratio) * (i + 1) / num_layers for i in range(num_layers))
+
+
+def received_attention(ctx: TokenContext) -> Tensor:
+    """(B, N) attention each token receives, averaged over heads and every query of the site
+    (the full attention map of its tokens, computed here): PoWER-BERT's and LTP's score."""
+    return attention_received(ctx.q, ctx.k, None, ctx.scale, ctx.attn_bias)
 
 
 def _non_increasing_shares(value) -> bool:
@@ -76,11 +84,7 @@ class PoWERBERT(TokenMethod):
 
     def check_model(self, model: ModelInfo) -> None:
         super().check_model(model)
-        if self.retention is not None and len(self.retention) > model.num_layers:
-            raise InvalidParameter(
-                f"power_bert: retention has {len(self.retention)} entries but the model has "
-                f"{model.num_layers} layers"
-            )
+        check_per_layer(self.name, "retention", self.retention, model)
 
     def budget(self, model: ModelInfo) -> Budget:
         if self.retention is not None:
@@ -89,5 +93,6 @@ class PoWERBERT(TokenMethod):
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
         # The mean over heads and queries ranks tokens as the paper's sum does.
-        received = attention_received(ctx.q, ctx.k, None, ctx.scale, ctx.attn_bias)
-        return topk_prune(received, ctx.num_reducible - n_remove, ctx.state.protected)
+        return topk_prune(
+            received_attention(ctx), ctx.num_reducible - n_remove, ctx.state.protected
+        )
