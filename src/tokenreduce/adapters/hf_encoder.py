@@ -1,11 +1,11 @@
-"""Adapter for Hugging Face text encoders: ``BertModel`` (all-MiniLM-L6-v2 is one) and
-``RobertaModel``.
+"""Adapter for Hugging Face text encoders: ``BertModel`` (all-MiniLM-L6-v2 is one),
+``RobertaModel`` and ``DistilBertModel``.
 
 Each encoder layer's ``forward`` is replaced on the instance (never on the class) by one that
-runs the same operations as the Hugging Face layer (``BertLayer``, ``RobertaLayer`` of
-transformers 5), in the same order, and calls the model's own attention function
+runs the same operations as the Hugging Face layer (``BertLayer``, ``RobertaLayer``,
+DistilBERT's ``TransformerBlock`` of transformers 5), in the same order, and calls the model's own attention function
 (``config._attn_implementation``: SDPA or eager), so an unreduced model is bitwise identical.
-Tokens are reduced after attention, before the feed-forward block.
+Tokens are reduced after attention (and its residual norm), before the feed-forward block.
 
 Padded batches. The batch must be right-padded (real tokens first, as BERT tokenizers pad);
 ``attention_mask`` becomes the token state's valid mask, so samples of different real lengths
@@ -29,6 +29,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -40,15 +41,34 @@ from ..methods.base import Method, PerInputTokenMethod, TokenMethod
 from .base import Adapter, Trace
 from .hf_vision import _module_family
 
-#: supported model class -> (ModelInfo family, encoder layer class)
-_SPECS = {"BertModel": ("bert", "BertLayer"), "RobertaModel": ("roberta", "RobertaLayer")}
-_FAMILY_MODULES = ("bert", "roberta")
+
+@dataclass(frozen=True)
+class _Spec:
+    """What differs between the supported families."""
+
+    family: str  # short name used in ModelInfo.family
+    layer_class: str  # the encoder layer's class name
+    layers: str  # attribute path from the model to its layer list
+    style: str  # which layer forward mirrors the family's: "bert" or "distilbert"
+
+
+_SPECS = {
+    "BertModel": _Spec("bert", "BertLayer", "encoder.layer", "bert"),
+    "RobertaModel": _Spec("roberta", "RobertaLayer", "encoder.layer", "bert"),
+    "DistilBertModel": _Spec("distilbert", "TransformerBlock", "transformer.layer", "distilbert"),
+}
+_FAMILY_MODULES = ("bert", "roberta", "distilbert")
 
 #: :meth:`HFEncoderAdapter.examples`: name -> (config class, model class)
-_TINY = {"hf_bert": ("BertConfig", "BertModel"), "hf_roberta": ("RobertaConfig", "RobertaModel")}
+_TINY = {
+    "hf_bert": ("BertConfig", "BertModel"),
+    "hf_roberta": ("RobertaConfig", "RobertaModel"),
+    "hf_distilbert": ("DistilBertConfig", "DistilBertModel"),
+}
 EXAMPLE_SIZE = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 4,
-                "num_attention_heads": 2, "intermediate_size": 64,
-                "max_position_embeddings": 64}  # fmt: skip
+                "num_attention_heads": 2, "max_position_embeddings": 64}  # fmt: skip
+#: the feed-forward width, by each configuration's own name
+_INNER = {"DistilBertConfig": {"hidden_dim": 64}}
 
 
 def _tiny_hf(name: str, seed: int = 0, **overrides) -> nn.Module:
@@ -56,8 +76,16 @@ def _tiny_hf(name: str, seed: int = 0, **overrides) -> nn.Module:
 
     config, model = _TINY[name]
     torch.manual_seed(seed)
-    cfg = getattr(transformers, config)(**{**EXAMPLE_SIZE, **overrides})
+    inner = _INNER.get(config, {"intermediate_size": 64})
+    cfg = getattr(transformers, config)(**{**EXAMPLE_SIZE, **inner, **overrides})
     return getattr(transformers, model)(cfg).eval()
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    found = model
+    for name in _SPECS[type(model).__name__].layers.split("."):
+        found = getattr(found, name)
+    return found
 
 
 def right_padded_valid(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -106,7 +134,7 @@ class HFEncoderAdapter(Adapter):
 
     @classmethod
     def examples(cls) -> dict[str, Callable[..., nn.Module]]:
-        """4 layers of width 32, 2 heads, a vocabulary of 100: BERT and RoBERTa."""
+        """4 layers of width 32, 2 heads, a vocabulary of 100: BERT, RoBERTa, DistilBERT."""
         return {name: partial(_tiny_hf, name) for name in _TINY}
 
     @classmethod
@@ -119,20 +147,20 @@ class HFEncoderAdapter(Adapter):
                 "model.bert)"
             )
         cfg = model.config
-        if cfg.is_decoder or getattr(cfg, "add_cross_attention", False):
+        if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
             raise TypeError(
                 f"this {name} is configured as a decoder (is_decoder or add_cross_attention); "
                 "tokenreduce's text-encoder adapter reduces bidirectional encoders only"
             )
-        layer_class = _SPECS[name][1]
-        for i, layer in enumerate(model.encoder.layer):
+        layer_class = _SPECS[name].layer_class
+        for i, layer in enumerate(_layers(model)):
             if type(layer).__name__ != layer_class:
                 raise TypeError(
                     f"layer {i} of this {name} is a {type(layer).__name__}; tokenreduce "
                     f"supports the standard {layer_class}"
                 )
         return ModelInfo(
-            family=f"hf_encoder:{_SPECS[name][0]}",
+            family=f"hf_encoder:{_SPECS[name].family}",
             num_layers=cfg.num_hidden_layers,
             num_prefix=1,
             has_class_token=True,
@@ -154,7 +182,7 @@ class HFEncoderAdapter(Adapter):
 
     # -- patching ---------------------------------------------------------------------------
     def patch(self) -> None:
-        layers = self.model.encoder.layer
+        layers = _layers(self.model)
         for layer in layers:
             if "forward" in layer.__dict__:
                 raise RuntimeError(
@@ -162,12 +190,13 @@ class HFEncoderAdapter(Adapter):
                     "(another tool wraps it); tokenreduce cannot patch it"
                 )
         self._mask_hook = self.model.register_forward_pre_hook(self._read_mask, with_kwargs=True)
+        make = _LAYER_FORWARDS[_SPECS[type(self.model).__name__].style]
         for i, layer in enumerate(layers):
-            layer.forward = types.MethodType(_layer_forward(self, i), layer)
+            layer.forward = types.MethodType(make(self, i), layer)
 
     def unpatch(self) -> None:
         self._mask_hook.remove()
-        for layer in self.model.encoder.layer:
+        for layer in _layers(self.model):
             layer.__dict__.pop("forward", None)
 
     def _read_mask(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -205,7 +234,8 @@ class HFEncoderAdapter(Adapter):
         width the last forward computed (or unreduced: its first layer's width, or the
         maximum position count before any forward)."""
         cfg = self.model.config
-        c, inner, depth = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+        inner = getattr(cfg, "intermediate_size", None) or cfg.hidden_dim  # DistilBERT's name
+        c, depth = cfg.hidden_size, cfg.num_hidden_layers
         if trace is not None and trace.attn_tokens:
             attn, mlp = trace.attn_tokens, trace.mlp_tokens
         else:
@@ -217,31 +247,58 @@ class HFEncoderAdapter(Adapter):
         return (flops + sum(2 * n * c * inner for n in mlp)) / 1e9
 
 
-def _layer_forward(adapter: HFEncoderAdapter, index: int):
+def _attend(adapter, layer_index, attn, projections, x, model_mask, kwargs):
+    """The layer's self-attention through the model's own attention function, after the
+    site's bookkeeping. Returns ``(state, output (B, N, C) before the output projection, q,
+    k)``, q and k (B, H, N, D)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    state = adapter.begin(layer_index, x, valid=adapter._valid if layer_index == 0 else None)
+    mask = adapter.layer_mask(state, x, model_mask)
+    shape = (*x.shape[:-1], -1, attn.attention_head_size)
+    q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in projections)
+    eager = sys.modules[type(attn).__module__].eager_attention_forward
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager)
+    for name in ("encoder_attention_mask", "cache", "past_key_values"):
+        kwargs.pop(name, None)  # a bidirectional encoder's self-attention takes neither
+    out, _ = interface(attn, q, k, v, mask, dropout=attn.dropout.p if attn.training else 0.0,
+                       scaling=attn.scaling, **kwargs)  # fmt: skip
+    return state, out.reshape(*x.shape[:-1], -1).contiguous(), q, k
+
+
+def _bert_layer_forward(adapter: HFEncoderAdapter, index: int):
     """The forward of ``BertLayer`` / ``RobertaLayer`` (transformers 5), with a site after
     attention."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from transformers.pytorch_utils import apply_chunking_to_forward
 
     def forward(layer, hidden_states, attention_mask=None, *args, **kwargs) -> torch.Tensor:
-        x = hidden_states
-        state = adapter.begin(index, x, valid=adapter._valid if index == 0 else None)
-        mask = adapter.layer_mask(state, x, attention_mask)
         attn = layer.attention.self
-        shape = (*x.shape[:-1], -1, attn.attention_head_size)
-        q, k, v = (
-            proj(x).view(shape).transpose(1, 2) for proj in (attn.query, attn.key, attn.value)
-        )
-        eager = sys.modules[type(attn).__module__].eager_attention_forward
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager)
-        kwargs.pop("encoder_attention_mask", None)
-        kwargs.pop("cache", None)
-        out, _ = interface(attn, q, k, v, mask, dropout=attn.dropout.p if attn.training else 0.0,
-                           scaling=attn.scaling, **kwargs)  # fmt: skip
-        x = layer.attention.output(out.reshape(*x.shape[:-1], -1).contiguous(), x)
+        projections = (attn.query, attn.key, attn.value)
+        state, out, q, k = _attend(adapter, index, attn, projections, hidden_states,
+                                   attention_mask, kwargs)  # fmt: skip
+        x = layer.attention.output(out, hidden_states)
         x = adapter.reduce(index, x, q, k, attn.scaling, adapter.size_bias(state, x.dtype))
         return apply_chunking_to_forward(
             layer.feed_forward_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, x
         )
 
     return forward
+
+
+def _distilbert_layer_forward(adapter: HFEncoderAdapter, index: int):
+    """The forward of DistilBERT's ``TransformerBlock`` (transformers 5), with a site after
+    attention."""
+
+    def forward(layer, hidden_states, attention_mask=None, **kwargs) -> torch.Tensor:
+        attn = layer.attention
+        projections = (attn.q_lin, attn.k_lin, attn.v_lin)
+        state, out, q, k = _attend(adapter, index, attn, projections, hidden_states,
+                                   attention_mask, kwargs)  # fmt: skip
+        x = layer.sa_layer_norm(attn.out_lin(out) + hidden_states)
+        x = adapter.reduce(index, x, q, k, attn.scaling, adapter.size_bias(state, x.dtype))
+        return layer.output_layer_norm(layer.ffn(x) + x)
+
+    return forward
+
+
+_LAYER_FORWARDS = {"bert": _bert_layer_forward, "distilbert": _distilbert_layer_forward}
