@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import tokenreduce
+from tokenreduce import methods
 from tokenreduce.adapters import ADAPTERS, HFVisionAdapter, TimmViTAdapter
 from tokenreduce.adapters.hf_vision import EXAMPLE_SIZE as HF_SIZE
 from tokenreduce.adapters.timm_vit import EXAMPLE_SIZE as TIMM_SIZE
+from tokenreduce.methods import Method
 
 from .lmutil import padded_batch, tiny_lm
 
@@ -70,6 +72,21 @@ def record_sdpa_masks(monkeypatch) -> list:
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
     return masks
+
+
+def placed(name: str, model: torch.nn.Module, **overrides) -> Method:
+    """Registered method ``name`` with its test parameters (``Method.for_tests``), placed by
+    the depth a method of its class sees in ``model`` (``tokenreduce.describe(model, cls)``),
+    then ``overrides``."""
+    cls = methods.get(name)
+    depth = tokenreduce.describe(model, cls).num_layers
+    return cls.for_tests(**{**cls.placement(depth), **overrides})
+
+
+def identity(name: str, model: torch.nn.Module) -> Method:
+    """Method ``name`` placed in ``model`` at the budget that removes nothing."""
+    cls = methods.get(name)
+    return placed(name, model, **{cls.budget_param: cls.budget_identity})
 
 
 def num_prefix(model: torch.nn.Module) -> int:

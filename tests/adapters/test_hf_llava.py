@@ -12,6 +12,7 @@ import tokenreduce
 from tokenreduce.adapters import HFLlavaAdapter
 from tokenreduce.methods import InvalidParameter, TokenMethod, available, get
 
+from ..conftest import placed
 from ..lmutil import left_pad
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -40,13 +41,6 @@ def generate(model, ids, mask, px, steps: int = 4):
     out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=px, do_sample=False,
                          max_new_tokens=steps, output_scores=True, return_dict_in_generate=True)  # fmt: skip
     return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, 1)
-
-
-def placed(name: str, model, **overrides):
-    """Method ``name`` placed at the sites a method of its class sees (the handoff)."""
-    cls = get(name)
-    depth = tokenreduce.describe(model, cls).num_layers
-    return cls.for_tests(**{**cls.placement(depth), **overrides})
 
 
 @pytest.mark.parametrize("name", TOKEN_METHODS)

@@ -13,6 +13,8 @@ from tokenreduce.adapters import HFQwenVLAdapter
 from tokenreduce.methods import TokenMethod, available, get
 from tokenreduce.methods.downsample import cells_for
 
+from ..conftest import placed
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 TOKEN_METHODS = [n for n in available() if issubclass(get(n), TokenMethod)]
@@ -47,12 +49,6 @@ def generate(model, inputs: dict):
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False, output_scores=True,
                          return_dict_in_generate=True)  # fmt: skip
     return out.sequences[:, -3:], torch.stack(out.scores, 1)
-
-
-def placed(name: str, model, **overrides):
-    cls = get(name)
-    return cls.for_tests(**{**cls.placement(tokenreduce.describe(model, cls).num_layers),
-                            **overrides})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", [*TOKEN_METHODS, "fastv", "snapkv"])

@@ -10,9 +10,10 @@ import tokenreduce
 from tokenreduce.core.handoff import handoff
 from tokenreduce.core.reduction import Reduction
 
+from ..conftest import identity, placed
 from ..lmutil import left_pad
 from .toy_vlm import IMAGE_TOKEN, ToyVLM
-from .util import TOKEN_METHODS, identity, placed
+from .util import TOKEN_METHODS
 
 N = 16  # tokens per image
 

@@ -10,8 +10,9 @@ import tokenreduce
 from tokenreduce.core.reducers import topk_prune
 from tokenreduce.core.reduction import Reduction
 
+from ..conftest import identity, placed
 from .toy_dit import ToyDiT
-from .util import TOKEN_METHODS, identity, placed
+from .util import TOKEN_METHODS
 
 
 @pytest.fixture

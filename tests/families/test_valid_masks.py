@@ -9,8 +9,9 @@ import torch
 import tokenreduce
 from tokenreduce.methods import InvalidParameter, get
 
+from ..conftest import identity, placed
 from .toy_encoder import ToyEncoder
-from .util import TOKEN_METHODS, identity, placed
+from .util import TOKEN_METHODS
 
 LENGTHS = (12, 7, 4)
 

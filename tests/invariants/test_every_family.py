@@ -11,7 +11,7 @@ import tokenreduce
 from tokenreduce.adapters import ADAPTERS, find_adapter
 from tokenreduce.methods import available, get
 
-from ..conftest import images, output
+from ..conftest import identity, images, output, placed
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -50,12 +50,6 @@ def inputs(model: torch.nn.Module, adapter) -> tuple[tuple, dict]:
     return (ids,), {"attention_mask": mask, "use_cache": True}
 
 
-def method(name: str, model: torch.nn.Module, **overrides):
-    cls = get(name)
-    depth = tokenreduce.describe(model, cls).num_layers
-    return cls.for_tests(**{**cls.placement(depth), **overrides})
-
-
 def test_every_family_gives_example_models():
     for adapter in ADAPTERS:
         examples = adapter.examples()
@@ -71,10 +65,9 @@ def test_every_family_runs_every_method_it_accepts(adapter, example, name):
     args, kwargs = inputs(model, adapter)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     plain = output(model(*args, **kwargs))
-    identity = method(name, model, **{get(name).budget_param: get(name).budget_identity})
-    with tokenreduce.patch(model, identity):
+    with tokenreduce.patch(model, identity(name, model)):
         assert torch.equal(output(model(*args, **kwargs)), plain), "zero budget changed outputs"
-    with tokenreduce.patch(model, method(name, model)) as handle:
+    with tokenreduce.patch(model, placed(name, model)) as handle:
         reduced = output(model(*args, **kwargs))  # the guard raises if nothing was reduced
     assert handle.gflops() < handle.baseline_gflops() or not torch.equal(reduced, plain)
     assert torch.equal(output(model(*args, **kwargs)), plain), "unpatch left a change"
