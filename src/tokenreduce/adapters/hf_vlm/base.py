@@ -57,7 +57,7 @@ class Images:
 
 
 class VLMAdapter(HFDecoderAdapter):
-    """Base of the Hugging Face vision-language adapters. A family writes ``matches``,
+    """Base of the Hugging Face vision-language adapters. A family declares ``classes``,
     :meth:`image_module` (the module whose forward output is the image tokens),
     :meth:`images` (those tokens, per image) and its ``examples``."""
 
@@ -66,6 +66,14 @@ class VLMAdapter(HFDecoderAdapter):
     sites = (HANDOFF, "prefill:layer", "kv_cache:prefill", "kv_cache:decode")
     #: ``ModelInfo.family`` prefix, e.g. ``"hf_llava"``
     short_name: ClassVar[str]
+    #: the model classes of the family: transformers module prefix -> class name
+    classes: ClassVar[dict[str, str]]
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        kind = type(model)
+        return any(kind.__module__.startswith(module) and kind.__name__ == name
+                   for module, name in cls.classes.items())  # fmt: skip
 
     @classmethod
     def describe(cls, model: nn.Module) -> ModelInfo:

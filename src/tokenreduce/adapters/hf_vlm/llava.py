@@ -18,13 +18,7 @@ from .base import Images, VLMAdapter
 class HFLlavaAdapter(VLMAdapter):
     family = "Hugging Face LLaVA (LlavaForConditionalGeneration)"
     short_name = "hf_llava"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        kind = type(model)
-        return kind.__module__.startswith("transformers.models.llava.") and kind.__name__ in (
-            "LlavaForConditionalGeneration",
-        )
+    classes = {"transformers.models.llava.": "LlavaForConditionalGeneration"}
 
     @classmethod
     def image_grid(cls, model: nn.Module) -> tuple[int, int]:

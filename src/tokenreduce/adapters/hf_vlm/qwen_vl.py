@@ -21,23 +21,14 @@ from torch import nn
 
 from .base import Images, VLMAdapter
 
-_CLASSES = {
-    "transformers.models.qwen2_5_vl.": "Qwen2_5_VLForConditionalGeneration",
-    "transformers.models.qwen2_vl.": "Qwen2VLForConditionalGeneration",
-}
-
 
 class HFQwenVLAdapter(VLMAdapter):
     family = "Hugging Face Qwen2.5-VL and Qwen2-VL"
     short_name = "hf_qwen_vl"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        kind = type(model)
-        return any(
-            kind.__module__.startswith(module) and kind.__name__ == name
-            for module, name in _CLASSES.items()
-        )
+    classes = {
+        "transformers.models.qwen2_5_vl.": "Qwen2_5_VLForConditionalGeneration",
+        "transformers.models.qwen2_vl.": "Qwen2VLForConditionalGeneration",
+    }
 
     @classmethod
     def describe(cls, model: nn.Module):
