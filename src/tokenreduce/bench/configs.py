@@ -14,6 +14,15 @@ from .. import methods
 
 BASELINE = "baseline"
 
+#: The methods a sweep runs when the command line names none, by the method kinds its task
+#: measures; for kinds not listed, every registered method of those kinds. Text encoders (the
+#: tasks that also take per-input methods) run merging, attention and random pruning and the
+#: two encoder methods: grid methods (pool, downsample) have no patch grid on text, and the
+#: other class-attention pruners differ from topk only in what they do with the rest.
+DEFAULT_METHODS: dict[frozenset[str], tuple[str, ...]] = {
+    frozenset({"tokens", "tokens_per_input"}): ("tome", "topk", "random", "power_bert", "ltp"),
+}
+
 
 class ConfigError(ValueError):
     """A method name or budget spec given on the command line is not usable."""
@@ -24,6 +33,13 @@ def default_sweep(name: str, depth: int, quick: bool = False) -> list[str]:
     declares them (:meth:`tokenreduce.methods.Method.default_sweep`: e.g. keep-ratio methods
     reduce at 1/4, 1/2 and 3/4 of the depth); ``quick`` keeps one mid-range budget."""
     return [methods.describe(m) for m in methods.get(name).default_sweep(depth, quick)]
+
+
+def default_methods(kind: str | tuple[str, ...] = "tokens") -> list[str]:
+    """The methods a sweep of ``kind`` (one method kind or several) runs when none are named:
+    :data:`DEFAULT_METHODS` for those kinds, else every registered method of them."""
+    kinds = frozenset((kind,) if isinstance(kind, str) else kind)
+    return list(DEFAULT_METHODS.get(kinds, token_methods(tuple(kinds))))
 
 
 def token_methods(kind: str | tuple[str, ...] = "tokens") -> list[str]:
@@ -82,8 +98,9 @@ def resolve(
     """The configurations of a sweep, baseline first, duplicates removed.
 
     Args:
-        method_names: comma-separated method names, or None for every registered method of
-            ``kind`` (or, when ``budgets`` are given, the methods they name).
+        method_names: comma-separated method names, or None for the default methods of
+            ``kind`` (:func:`default_methods`; or, when ``budgets`` are given, the methods
+            they name).
         budgets: explicit specs (``tome:r=8``); a method named here runs exactly these
             budgets instead of its default sweep.
         depth: number of blocks of the model (default sweeps place layers by depth).
@@ -99,7 +116,7 @@ def resolve(
         explicit.setdefault(name, []).append(canonical(spec))
     names = _parse_method_names(method_names)
     if names is None:
-        names = list(explicit) if explicit else token_methods(kind)
+        names = list(explicit) if explicit else default_methods(kind)
     allowed = token_methods(kind)
     kinds = " or ".join(repr(k) for k in ((kind,) if isinstance(kind, str) else kind))
     for name in [*names, *explicit]:

@@ -18,8 +18,9 @@ In order:
 3. a local Hugging Face folder (``config.json`` with a ``model_type``): a causal language
    model (``...ForCausalLM``) is loaded with its tokenizer, a vision-language model
    (``LlavaForConditionalGeneration``, e.g. llava-shapes saved with ``save_pretrained``) with
-   its processor, any other model with ``transformers.AutoModel`` (a vision backbone such as
-   DINOv2);
+   its processor, any other model with ``transformers.AutoModel``: a text encoder (BERT,
+   RoBERTa, DistilBERT) with its tokenizer, a vision backbone (DINOv2) with its image
+   processor when the folder has one;
 4. a timm model name, created with its pretrained weights (``timm.create_model(name,
    pretrained=True)``; ``hf-hub:owner/repo`` names included). Weights come from the local
    cache; nothing is downloaded when the machine is offline, and a missing cache is an error.
@@ -43,13 +44,17 @@ import tokenreduce
 
 #: the task ``tokenreduce bench`` runs on a model of each kind when ``--task`` is not given
 #: (a vision model's depends on its head: :attr:`LoadedModel.default_task`)
-DEFAULT_TASKS = {"lm": "niah", "vlm": "vqa"}
+DEFAULT_TASKS = {"lm": "niah", "vlm": "vqa", "encoder": "sentence-fidelity"}
 #: the kinds of :attr:`LoadedModel.kind` in words, for error messages
 KIND_WORDS = {
     "lm": "a language model",
     "vlm": "a vision-language model",
     "vision": "a vision model",
+    "encoder": "a text encoder",
 }
+#: :attr:`LoadedModel.kind` by the kind ``tokenreduce.describe`` answers; models of the kinds
+#: not listed are vision models
+_KINDS = {"language": "lm", "vision-language": "vlm", "text": "encoder"}
 
 
 class ModelError(ValueError):
@@ -60,10 +65,10 @@ class ModelError(ValueError):
 class LoadedModel:
     """A model ready to benchmark: eval mode, with a display name and a weight hash.
 
-    ``kind`` is ``"lm"`` for a decoder language model (``tokenizer`` set), ``"vlm"`` for a
-    vision-language model (``processor``: its processor of images and prompts) and
-    ``"vision"`` otherwise (``processor``: the Hugging Face image processor, when the source
-    has one).
+    ``kind`` is ``"lm"`` for a decoder language model (``tokenizer`` set), ``"encoder"`` for
+    a text encoder such as BERT (``tokenizer`` set), ``"vlm"`` for a vision-language model
+    (``processor``: its processor of images and prompts) and ``"vision"`` otherwise
+    (``processor``: the Hugging Face image processor, when the source has one).
     """
 
     model: nn.Module
@@ -121,26 +126,23 @@ def _loaded(model: nn.Module, name: str, source: str, extra: Any) -> LoadedModel
     """A checked :class:`LoadedModel`; ``extra`` is the tokenizer of a language model or
     the (image) processor of a vision or vision-language model."""
     kind = check_supported(model, name)
-    if kind == "lm":
+    if kind in ("lm", "encoder"):
         return LoadedModel(model, name, source, kind, tokenizer=extra)
     return LoadedModel(model, name, source, kind, processor=extra)
 
 
 def check_supported(model: nn.Module, what: str) -> str:
     """Raise :class:`ModelError` unless ``tokenreduce.patch`` accepts ``model``; return its
-    kind, ``"lm"``, ``"vlm"`` or ``"vision"``, as ``tokenreduce.describe`` answers it. A vision
-    model gets an unreduced patch (``patch(model, None)``) applied and removed; it runs nothing,
-    so a model on the meta device works."""
+    kind, ``"lm"``, ``"vlm"``, ``"encoder"`` or ``"vision"``, as ``tokenreduce.describe``
+    answers it. A vision model or a text encoder gets an unreduced patch (``patch(model,
+    None)``) applied and removed; it runs nothing, so a model on the meta device works."""
     try:
-        kind = tokenreduce.describe(model).kind
-        if kind == "language":
-            return "lm"
-        if kind == "vision-language":
-            return "vlm"
-        tokenreduce.patch(model, None).remove()
-    except TypeError as err:
+        kind = _KINDS.get(tokenreduce.describe(model).kind, "vision")
+        if kind in ("vision", "encoder"):
+            tokenreduce.patch(model, None).remove()
+    except (TypeError, ValueError) as err:  # ValueError: an attention the adapter cannot run
         raise ModelError(f"--model {what!r} cannot be benchmarked: {err}") from None
-    return "vision"
+    return kind
 
 
 def _hf_config(folder: Path) -> dict[str, Any] | None:
@@ -164,16 +166,30 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
         if "LlavaForConditionalGeneration" in architectures:
             model, processor = _load_llava(folder)
             return _loaded(model, folder.name, "hf", processor)
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoModel
 
         model = AutoModel.from_pretrained(str(folder)).eval()
-        try:
-            processor = AutoImageProcessor.from_pretrained(str(folder))
-        except (OSError, ValueError):  # no preprocessor_config.json: the task decides
-            processor = None
+        extra = _preprocessor(model, folder)
     except (OSError, ValueError) as err:
         raise ModelError(f"--model {str(folder)!r}: cannot load it: {err}") from None
-    return _loaded(model, folder.name, "hf", processor)
+    return _loaded(model, folder.name, "hf", extra)
+
+
+def _preprocessor(model: nn.Module, folder: Path) -> Any:
+    """The folder's tokenizer for a text encoder (``OSError`` without one), else its image
+    processor, or None when it has no ``preprocessor_config.json`` (the task decides)."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    try:
+        is_text = tokenreduce.describe(model).kind == "text"
+    except TypeError:  # not a supported family: _loaded says so
+        is_text = False
+    if is_text:
+        return AutoTokenizer.from_pretrained(str(folder))
+    try:
+        return AutoImageProcessor.from_pretrained(str(folder))
+    except (OSError, ValueError):
+        return None
 
 
 def _load_llava(folder: Path) -> tuple[nn.Module, Any]:

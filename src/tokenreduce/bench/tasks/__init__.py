@@ -198,8 +198,9 @@ def get(name: str) -> type[Task]:
     return TASKS[name]
 
 
-from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, vt)
-    classification,
+from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, vt; encoder:
+    classification,  # sentence-fidelity, retrieval, text-probe)
+    encoder,
     fidelity,
     longcontext,
     perplexity,
