@@ -6,7 +6,7 @@
 ...     logits = model(images)
 """
 
-from . import lm, methods, text
+from . import lm, methods, prompt, text
 from .adapters import ReductionNotApplied
 from .api import Handle, describe, handle_of, patch, unpatch
 

@@ -24,6 +24,7 @@ from ..conftest import make_vit
 
 KINDS = (
     methods.TokenMethod, methods.PerInputTokenMethod, methods.KVCacheMethod, methods.PrefillMethod,
+    methods.PromptMethod,
 )  # fmt: skip
 ALL = methods.available()
 

@@ -76,6 +76,7 @@ class Adapter:
             raise InvalidParameter(
                 f"{method.name} is a {method.kind_words} method (kind {method.kind!r}), which "
                 f"a {type(model).__name__} does not take; use {kinds_text(self.accepts)}"
+                + (f" ({method.runs_without_patch})" if method.runs_without_patch else "")
             )
         self.model = model
         self.method = method

@@ -36,14 +36,18 @@ from .knorm import KNorm
 from .kv_base import KVCacheMethod
 from .kv_random import KVRandom
 from .lazyllm import LazyLLM
+from .llmlingua import LLMLingua
+from .longllmlingua import LongLLMLingua
 from .ltp import LTP
 from .pool import Pool
 from .power_bert import PoWERBERT
 from .prefill import PrefillMethod
+from .prompt_base import PromptMethod
 from .prunemerge import PruneMerge
 from .pruning import KeepRatioMethod
 from .pyramidkv import PyramidKV
 from .random import RandomPrune
+from .selective_context import SelectiveContext
 from .snapkv import SnapKV
 from .streamingllm import StreamingLLM
 from .tome import ToMe
@@ -53,8 +57,9 @@ from .visionzip import VisionZip
 
 __all__ = [
     "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
-    "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LTP", "LazyLLM", "Method", "PoWERBERT", "Pool",
-    "PerInputTokenMethod", "PrefillMethod", "PruneMerge", "PyramidKV", "RandomPrune", "SnapKV", "StreamingLLM", "TOVA",
+    "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LongLLMLingua",
+    "Method", "PoWERBERT", "Pool", "PerInputTokenMethod", "PrefillMethod", "PromptMethod",
+    "PruneMerge", "PyramidKV", "RandomPrune", "SelectiveContext", "SnapKV", "StreamingLLM", "TOVA",
     "ToMe", "TokenMethod", "TopK", "VisionZip", "available", "build", "describe", "get",
     "param", "parse_spec", "register",
 ]  # fmt: skip

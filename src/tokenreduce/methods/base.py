@@ -192,6 +192,8 @@ class Method:
     kind: ClassVar[str]
     #: the kind in words, for error messages ("token-sequence", "KV-cache", "prefill")
     kind_words: ClassVar[str]
+    #: for a kind that patches no model, how to run it instead (said when patch refuses it)
+    runs_without_patch: ClassVar[str] = ""
     #: the parameter that sets how much is removed, its value that removes nothing, and the
     #: default sweep of its values from light to heavy reduction (benchmarks)
     budget_param: ClassVar[str]

@@ -1,0 +1,185 @@
+"""The scorer of prompt compression: a causal language model that reads text and says how
+surprising each token is.
+
+The self-information of token ``x_t`` is ``-log p(x_t | x_<t)`` in nats: low for a token the
+model predicts (removable), high for one it does not. :class:`Scorer` computes it for many
+texts in padded batches; :class:`Stream` reads one prompt segment by segment with the KV
+cache of what has been kept so far, the conditioning of LLMLingua's iterative compression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapters.hf_decoder.calls import cache_kwargs, output_cache
+from . import units
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+@dataclass(frozen=True)
+class Text:
+    """A tokenised text: ``ids`` (n,) int64 without special tokens, and its word
+    :class:`~tokenreduce.prompt.units.Groups`."""
+
+    text: str
+    ids: torch.Tensor
+    groups: units.Groups
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check_causal_lm(model: nn.Module, tokenizer) -> None:
+    """Raise TypeError unless ``model`` is a Hugging Face causal LM (a ``...ForCausalLM``
+    class) and ``tokenizer`` a fast tokenizer (character offsets are needed to keep words
+    whole)."""
+    name = type(model).__name__
+    config = getattr(model, "config", None)
+    if not name.endswith(_CAUSAL_SUFFIXES) or getattr(config, "is_encoder_decoder", False):
+        raise TypeError(
+            f"the prompt scorer must be a Hugging Face causal language model (a ...ForCausalLM "
+            f"class such as LlamaForCausalLM); got {name}"
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"the prompt scorer needs a fast tokenizer (character offsets); got "
+            f"{type(tokenizer).__name__}"
+        )
+
+
+class Scorer:
+    """A causal LM and its tokenizer, scoring texts in batches of ``batch_size``.
+
+    Args:
+        model: a Hugging Face causal LM (``AutoModelForCausalLM``); put in eval mode.
+        tokenizer: its fast tokenizer.
+        batch_size: texts per forward pass.
+
+    Raises:
+        TypeError: the model is not a causal LM or the tokenizer is not a fast one.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, batch_size: int = 8):
+        check_causal_lm(model, tokenizer)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        start = tokenizer.bos_token_id
+        self.start_id = tokenizer.eos_token_id if start is None else start
+        if self.start_id is None:
+            raise TypeError("the scorer's tokenizer has neither a BOS nor an EOS token")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, text: str) -> Text:
+        """``text`` as token ids with its word groups."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+        return Text(text, ids, units.groups(text, offsets))
+
+    def count(self, text: str) -> int:
+        """Tokens in ``text`` (no special tokens)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @torch.inference_mode()
+    def self_information(
+        self, texts: Sequence[torch.Tensor], prefixes: Sequence[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """``-log p(x_t | prefix, x_<t)`` in nats for every token of every text.
+
+        Args:
+            texts: token ids, each (n_i,).
+            prefixes: token ids each text is conditioned on, each (p_i,); None or empty for
+                none (the text is then read after the tokenizer's BOS, or EOS, token).
+
+        Returns:
+            One float32 tensor (n_i,) per text, on the CPU.
+        """
+        prefixes = list(prefixes) if prefixes is not None else [None] * len(texts)
+        if len(prefixes) != len(texts):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} texts")
+        rows = [self._row(t, p) for t, p in zip(texts, prefixes, strict=True)]
+        out: list[torch.Tensor] = []
+        for i in range(0, len(rows), self.batch_size):
+            out.extend(self._batch(rows[i : i + self.batch_size]))
+        return out
+
+    def _row(self, text: torch.Tensor, prefix: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """The ids a forward reads (start token, prefix, text) and where the text begins."""
+        head = torch.tensor([self.start_id]) if prefix is None or not len(prefix) else prefix
+        return torch.cat([head.long(), text.long()]), len(head)
+
+    def _batch(self, rows: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+        """Self-information of the text part of each row, one right-padded forward."""
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for b, (row, _) in enumerate(rows):
+            ids[b, : len(row)] = row
+            mask[b, : len(row)] = 1
+        logits = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+        ).logits.float()
+        info = _next_token_information(logits, ids.to(self.device)).cpu()
+        return [info[b, start - 1 : len(row) - 1] for b, (row, start) in enumerate(rows)]
+
+
+def _next_token_information(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L-1): ``-log p(ids[:, t+1] | ids[:, :t+1])`` from ``logits`` (B, L, V)."""
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    return -logp.gather(-1, ids[:, 1:, None])[..., 0]
+
+
+class Stream:
+    """One prompt read segment by segment: each segment is scored given everything kept
+    before it (``prefix``, then the kept tokens of earlier segments), through the KV cache.
+
+    ``score(ids)`` reads a segment and forgets it again; ``keep(ids)`` appends the tokens
+    chosen from it, so the next segment is conditioned on the compressed text, as in
+    LLMLingua's iterative token-level compression.
+    """
+
+    def __init__(self, scorer: Scorer, prefix: torch.Tensor | None = None):
+        self.scorer = scorer
+        head = prefix if prefix is not None and len(prefix) else torch.tensor([scorer.start_id])
+        self.cache = None
+        self.length = 0
+        self.last_logits: torch.Tensor | None = None
+        self._extend(head.long())
+
+    @torch.inference_mode()
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        model = self.scorer.model
+        cache = {} if self.cache is None else cache_kwargs(model, self.cache)
+        out = model(input_ids=ids[None].to(self.scorer.device), **cache, use_cache=True)
+        self.cache = output_cache(out)
+        return out.logits[0].float()
+
+    def _extend(self, ids: torch.Tensor) -> None:
+        if len(ids):
+            self.last_logits = self._forward(ids)[-1]
+            self.length += len(ids)
+
+    def score(self, ids: torch.Tensor) -> torch.Tensor:
+        """(n,) self-information in nats of the segment ``ids`` (n,) given what is kept."""
+        if not len(ids):
+            return torch.zeros(0)
+        logits = torch.cat([self.last_logits[None], self._forward(ids)[:-1]])
+        self.cache.crop(-len(ids))  # forget the segment: only kept tokens condition
+        logp = torch.log_softmax(logits, dim=-1)
+        return (-logp.gather(-1, ids.to(logp.device)[:, None])[:, 0]).cpu()
+
+    def keep(self, ids: torch.Tensor) -> None:
+        """Append the kept tokens ``ids`` (k,) of the last scored segment."""
+        self._extend(ids)
