@@ -55,24 +55,29 @@ def above(scores: np.ndarray, floor: float) -> np.ndarray:
 
 
 def share_targets(sizes: np.ndarray, ratios: np.ndarray, total: int) -> np.ndarray:
-    """Per-unit token targets, (U,) int64: close to ``ratios * sizes``, never more than
-    ``sizes``, adding up to ``total`` (at most ``sizes.sum()``). Used to give each document
-    its own compression ratio (LongLLMLingua's dynamic ratios) under one budget."""
+    """Per-unit token targets, (U,) int64: proportional to ``ratios * sizes`` (one common
+    factor, found by bisection), never more than ``sizes``, adding up to ``total`` (at most
+    ``sizes.sum()``). Used to give each document its own compression ratio (LongLLMLingua's
+    dynamic ratios) under one budget."""
     sizes = np.asarray(sizes, dtype=np.float64)
-    want = np.clip(np.asarray(ratios, dtype=np.float64), 0.0, 1.0) * sizes
-    for _ in range(8):  # rescale what is not yet at its ceiling until the total fits
-        full = want >= sizes
-        free = want[~full].sum()
-        missing = total - want.sum()
-        if abs(missing) < 0.5 or free <= 0:
-            break
-        want[~full] *= 1 + missing / free
-        want = np.minimum(want, sizes)
-    targets = np.floor(want).astype(np.int64)
-    # hand out what flooring lost, largest fractions first
-    short = int(total - targets.sum())
-    if short > 0:
-        order = np.argsort(-(want - targets), kind="stable")
-        room = (sizes - targets)[order] > 0
-        targets[order[room][:short]] += 1
+    total = min(int(total), int(sizes.sum()))
+    # every unit gets a share, however small its ratio, so the factor can fill any total
+    base = np.maximum(np.clip(np.asarray(ratios, dtype=np.float64), 0.0, None), 1e-6) * sizes
+
+    def filled(factor: float) -> np.ndarray:
+        return np.minimum(factor * base, sizes)
+
+    lo, hi = 0.0, 1.0
+    while filled(hi).sum() < total:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if filled(mid).sum() < total else (lo, mid)
+    want = filled(hi)
+    targets = np.minimum(np.floor(want + 1e-9), sizes).astype(np.int64)
+    # hand out what flooring lost, largest fractions first, one token each
+    short = total - int(targets.sum())
+    order = np.argsort(-(want - targets), kind="stable")
+    order = order[targets[order] < sizes[order]]
+    targets[order[:short]] += 1
     return targets
