@@ -94,10 +94,12 @@ def test_task_on_a_tiny_bert(name, loaded, wordnet_dir):
     # the unreduced model keeps everything, and so does a zero budget
     assert base[QUALITY[name]] == pytest.approx(1.0, abs=1e-5)
     assert base["speedup"] == 1.0 and base["mean_tokens"] == CONTEXT
+    assert base["tokens_left"] == 100.0
     same = task.measure(loaded.model, "tome:r=0", base)
     assert same[QUALITY[name]] == pytest.approx(1.0, abs=1e-5)
     reduced = task.measure(loaded.model, "power_bert:keep_ratio=0.3", base)
     assert reduced["mean_tokens"] < CONTEXT and reduced["flop_ratio"] > 1.2
+    assert 0 < reduced["tokens_left"] < 50  # PoWER-BERT keeps 30 % of the unprotected ones
     assert reduced["speedup"] > 0 and reduced["input_tokens"] == CONTEXT
     assert reduced[QUALITY[name]] >= 0  # kept may pass 1 on ten texts: a reduction can help
     if name == "sentence-fidelity":

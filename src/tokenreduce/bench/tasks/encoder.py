@@ -20,11 +20,13 @@ run sees the same texts):
 A sentence embedding is the mean of the last hidden states weighted by how many original
 tokens each one stands for (:func:`tokenreduce.text.mean_pool` with the handle), so a merged
 token counts its members and a padding slot nothing. Short texts go in right-padded batches
-(each sample reduced on its own real tokens). Cost, on one batch of 128-token passages with no
-padding: analytic GFLOPs per input and FLOP ratio, throughput and its paired ratio to the
-unreduced model timed interleaved in the same run (median of the per-pair ratios, timed again
-while they are too noisy and flagged if they stay so; the baseline row times the plain model
-against itself), peak tensor memory and mean tokens per layer.
+(each sample reduced on its own real tokens); every row records the share of its texts' tokens
+left after the last layer (budgets that count tokens, such as ToMe's ``r``, remove a larger
+share of a short text). Cost, on one batch of 128-token passages with no padding: analytic
+GFLOPs per input and FLOP ratio, throughput and its paired ratio to the unreduced model timed
+interleaved in the same run (median of the per-pair ratios, timed again while they are too
+noisy and flagged if they stay so; 1 for the baseline), peak tensor memory and the mean
+tokens per layer.
 
 Default budgets are matched (:mod:`tokenreduce.bench.matched`) on the 126 reducible tokens of
 a 128-token input: 25 / 50 / 75 % of them removed by ToMe, top-K and random pruning at the
@@ -37,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -60,13 +62,15 @@ PROBE_CATEGORIES = tuple(f"noun.{c}" for c in (
 SEED = 0
 THROUGHPUT = "throughput (inputs/s of 128 tokens: baseline × paired speedup)"
 
-#: the cost columns every encoder task shows after its quality columns
+#: the columns every encoder task shows after its quality columns: the share of its texts'
+#: tokens left after the last layer, then the cost on the timed inputs
 COST_COLUMNS = (
+    Column("tokens_left", "text tokens left %", ".1f", False),
     Column("gflops", "GFLOPs", ".3g", False),
     Column("flop_ratio", "FLOP ×", ".2f", True),
     Column("throughput_scaled", "inputs/s (baseline × speedup)", ".1f", True, flag=NOISY),
     Column("speedup", "throughput ×", ".2f", True, flag=NOISY),
-    Column("mean_tokens", "mean tokens", ".1f", False),
+    Column("mean_tokens", "mean tokens (timed)", ".1f", False),
     Column("peak_mem_mb", "peak MiB", ".1f", False),
 )
 
@@ -100,20 +104,30 @@ def passages(
     return out
 
 
+class Embedded(NamedTuple):
+    """Sentence embeddings ``vectors`` (N, C) of N texts, and the ``tokens`` (N,) each text
+    has left after the last layer."""
+
+    vectors: torch.Tensor
+    tokens: torch.Tensor
+
+
 def embed(
     model: nn.Module, handle: Any, batches: list[Batch], step: Callable[[], None]
-) -> torch.Tensor:
-    """Sentence embeddings (N, C) of ``batches`` through ``model``: the mean of the last
-    hidden states weighted by token size (``handle``'s state; the attention mask when
-    ``handle`` is None). ``step`` is called after each batch."""
-    out = []
+) -> Embedded:
+    """The sentence embeddings of ``batches`` through ``model``: the mean of the last hidden
+    states weighted by token size (``handle``'s state; the attention mask when ``handle`` is
+    None), and the tokens left. ``step`` is called after each batch."""
+    vectors, tokens = [], []
     with torch.inference_mode():
         for batch in batches:
             hidden = model(**batch).last_hidden_state
             mask = None if handle is not None else batch["attention_mask"]
-            out.append(mean_pool(hidden, handle, attention_mask=mask).float())
+            vectors.append(mean_pool(hidden, handle, attention_mask=mask).float())
+            weight = batch["attention_mask"] if handle is None else handle.state.size
+            tokens.append((weight > 0).sum(1))  # a padding slot stands for no token
             step()
-    return torch.cat(out)
+    return Embedded(torch.cat(vectors), torch.cat(tokens))
 
 
 def batches_hash(*groups: list[Batch]) -> str:
@@ -250,7 +264,7 @@ class EncoderTask(Task):
         """What the metrics need once, from the unreduced ``model``, calling ``step``
         :meth:`prepare_steps` times: the reference embeddings of :attr:`batches`."""
         if not self._prepared:
-            self.reference = embed(model, None, self.batches, step)
+            self.reference = embed(model, None, self.batches, step).vectors
             self._prepared = True
 
     def quality(self, embeddings: torch.Tensor, baseline: Metrics | None) -> Metrics:
@@ -260,8 +274,11 @@ class EncoderTask(Task):
     def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
         self.prepare(model, step)
         with reduced_model(model, config) as (reduced, handle):
-            values = self.quality(embed(reduced, handle, self.batches, step), baseline)
+            embedded = embed(reduced, handle, self.batches, step)
+            values = self.quality(embedded.vectors, baseline)
             values.update(self._cost(model, reduced, handle, config == BASELINE, baseline, step))
+        real = torch.cat([b["attention_mask"].sum(1) for b in self.batches])
+        values["tokens_left"] = 100.0 * float((embedded.tokens / real).mean())
         values.update(texts=len(self.reference), input_tokens=self.timed.shape[1],
                       repeats=self.repeats, warmup=self.warmup)  # fmt: skip
         return values
@@ -441,7 +458,7 @@ class TextProbe(EncoderTask):
         accuracy on the unreduced embeddings of the held-out split."""
         if not self._prepared:
             self.probe = LinearProbe.fit(
-                embed(model, None, self.train_batches, step), self.train_labels
+                embed(model, None, self.train_batches, step).vectors, self.train_labels
             )
             super().prepare(model, step)
             self.reference_acc = self.probe.accuracy(self.reference, self.labels)
