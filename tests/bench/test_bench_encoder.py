@@ -27,7 +27,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 TASKS = ("sentence-fidelity", "retrieval", "text-probe")
 CONTEXT = 48  # tokens per timed input: characters, for the character tokenizer
-WORDS = "amber basil cedar delta ember fable grove harbor iris jasper kelp lotus maple".split()
+WORDS = [
+    "amber",
+    "basil",
+    "cedar",
+    "delta",
+    "ember",
+    "fable",
+    "grove",
+    "harbor",
+    "iris",
+    "jasper",
+    "kelp",
+    "lotus",
+    "maple",
+]
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +223,9 @@ def test_minilm_on_wordnet():
     assert minilm.kind == "encoder" and minilm.tokenizer is not None
     found = {}
     for name in TASKS:
-        task = get(name).from_options(minilm, Options(threads=1, limit=10, batch_size=5, repeats=1, warmup=0))
+        task = get(name).from_options(
+            minilm, Options(threads=1, limit=10, batch_size=5, repeats=1, warmup=0)
+        )
         assert task.timed.shape == (5, 128)
         base = task.measure(minilm.model, "baseline", None)
         found[name] = (base, task.measure(minilm.model, "topk:keep_ratio=0.8,layers=(3,)", base))
