@@ -65,3 +65,24 @@ def test_text_without_prose_is_refused(tmp_path):
     (tmp_path / "list.txt").write_text("one\ntwo\n\nthree\n")
     with pytest.raises(ValueError, match="list.txt: no prose found"):
         jargon_sentences(tmp_path / "list.txt")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_context_is_kept_as_documents(task):
+    s = make_sample(task, _Tokens(), 400, 0.3, seed=2, sentences=PROSE)
+    assert len(s.documents) > 3 and " ".join(s.documents) in s.messages[0]["content"]
+    assert s.messages[0]["content"].endswith(f"Question: {s.question}")
+    shorter = s.with_documents(s.documents[:2])
+    assert shorter.messages[0]["content"].count("Sentence number") < s.messages[0][
+        "content"
+    ].count("Sentence number")
+    assert (shorter.answer, shorter.question) == (s.answer, s.question)
+
+
+def test_docqa_asks_about_one_person_among_many():
+    s = make_sample("docqa", _Tokens(), 600, 1.0, seed=0, sentences=PROSE)
+    name = s.question.removeprefix("In which city was ").split(" born")[0]
+    (doc,) = [d for d in s.documents if f"{name} was born in {s.answer}" in d]
+    assert doc == s.documents[-1]  # depth 1: the last document
+    assert s.answer_prefix == f"{name} was born in"
+    assert sum(" was born in " in d for d in s.documents) == 3  # two distractors

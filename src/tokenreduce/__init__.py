@@ -19,6 +19,7 @@ __all__ = [
     "lm",
     "methods",
     "patch",
+    "prompt",
     "text",
     "unpatch",
     "__version__",

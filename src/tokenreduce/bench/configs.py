@@ -21,6 +21,10 @@ BASELINE = "baseline"
 #: other class-attention pruners differ from topk only in what they do with the rest.
 DEFAULT_METHODS: dict[frozenset[str], tuple[str, ...]] = {
     frozenset({"tokens", "tokens_per_input"}): ("tome", "topk", "random", "power_bert", "ltp"),
+    # the prompt task: each prompt compressor, and two cache methods at the same budgets
+    frozenset({"prompt", "kv_cache", "prefill"}): (
+        "selective_context", "llmlingua", "longllmlingua", "snapkv", "streamingllm",
+    ),  # fmt: skip
 }
 
 

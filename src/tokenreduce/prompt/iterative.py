@@ -2,8 +2,8 @@
 
 The kept documents are read in segments of about ``segment_size`` tokens (cut between word
 groups). Each segment is scored given the compressed text before it (the reader's KV cache
-holds only kept tokens), its best word groups are kept, and those are appended to the
-cache, so a word made predictable only by text that was removed is scored as surprising.
+holds only the kept tokens' entries), its best word groups are kept and the others' entries
+dropped, so a word made predictable only by text that was removed is scored as surprising.
 
 Targets carry over: a segment keeps what brings its document's running count to the share of
 the document's target reached by the end of the segment, so rounding errors do not add up.
@@ -22,11 +22,11 @@ from .scorer import Scorer, Stream, Text
 
 class Reader(Protocol):
     """What the loop reads segments with: ``score`` a segment's ids (n,) into (n,) scores
-    (higher: more worth keeping), then ``keep`` the ids chosen from it."""
+    (higher: more worth keeping), then ``keep`` the tokens chosen from it ((n,) bool)."""
 
     def score(self, ids: torch.Tensor) -> torch.Tensor: ...
 
-    def keep(self, ids: torch.Tensor) -> None: ...
+    def keep(self, chosen: torch.Tensor) -> None: ...
 
 
 class Contrast:
@@ -42,9 +42,9 @@ class Contrast:
     def score(self, ids: torch.Tensor) -> torch.Tensor:
         return self.plain.score(ids) - self.conditioned.score(ids)
 
-    def keep(self, ids: torch.Tensor) -> None:
-        self.plain.keep(ids)
-        self.conditioned.keep(ids)
+    def keep(self, chosen: torch.Tensor) -> None:
+        self.plain.keep(chosen)
+        self.conditioned.keep(chosen)
 
 
 def segments_of(doc: Text, segment_size: int) -> np.ndarray:
@@ -104,5 +104,5 @@ def _compress_doc(
             chosen = select.keep_best(scores, sizes, due - kept)
         keep[lo:hi] = chosen
         kept += int(sizes[chosen].sum())
-        reader.keep(ids[torch.from_numpy(np.repeat(chosen, sizes))])
+        reader.keep(torch.from_numpy(np.repeat(chosen, sizes)))
     return keep

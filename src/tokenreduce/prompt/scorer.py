@@ -9,6 +9,7 @@ cache of what has been kept so far, the conditioning of LLMLingua's iterative co
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -145,18 +146,25 @@ class Stream:
     """One prompt read segment by segment: each segment is scored given everything kept
     before it (``prefix``, then the kept tokens of earlier segments), through the KV cache.
 
-    ``score(ids)`` reads a segment and forgets it again; ``keep(ids)`` appends the tokens
-    chosen from it, so the next segment is conditioned on the compressed text, as in
-    LLMLingua's iterative token-level compression.
+    ``score(ids)`` reads a segment; ``keep(chosen)`` then keeps the chosen tokens of it, so
+    the next segment is conditioned on the compressed text, as in LLMLingua's iterative
+    token-level compression. As in the authors' implementation, the kept tokens' cache
+    entries are those of the segment's own forward pass, only the removed tokens' entries
+    are dropped (one forward pass per segment; the kept entries were computed with the
+    removed tokens in view). A model whose cache has sliding-window layers (Gemma-3) cannot
+    drop entries in place: there the cache before the segment is restored and the kept
+    tokens are read again.
     """
 
     def __init__(self, scorer: Scorer, prefix: torch.Tensor | None = None):
         self.scorer = scorer
         head = prefix if prefix is not None and len(prefix) else torch.tensor([scorer.start_id])
         self.cache = None
-        self.length = 0
+        self.length = 0  # entries held for the kept text
         self.last_logits: torch.Tensor | None = None
-        self._extend(head.long())
+        self._segment: tuple[torch.Tensor, torch.Tensor] | None = None  # ids, logits
+        self._before = None
+        self._read(head.long())
 
     @torch.inference_mode()
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -166,20 +174,42 @@ class Stream:
         self.cache = output_cache(out)
         return out.logits[0].float()
 
-    def _extend(self, ids: torch.Tensor) -> None:
+    def _read(self, ids: torch.Tensor) -> None:
         if len(ids):
             self.last_logits = self._forward(ids)[-1]
             self.length += len(ids)
+
+    def _in_place(self) -> bool:
+        layers = getattr(self.cache, "layers", None)
+        return layers is not None and not any(getattr(x, "is_sliding", False) for x in layers)
 
     def score(self, ids: torch.Tensor) -> torch.Tensor:
         """(n,) self-information in nats of the segment ``ids`` (n,) given what is kept."""
         if not len(ids):
             return torch.zeros(0)
-        logits = torch.cat([self.last_logits[None], self._forward(ids)[:-1]])
-        self.cache.crop(-len(ids))  # forget the segment: only kept tokens condition
-        logp = torch.log_softmax(logits, dim=-1)
+        # a cache that cannot drop entries in place is restored to this copy by keep()
+        self._before = None if self._in_place() else copy.deepcopy(self.cache)
+        logits = self._forward(ids)
+        self._segment = (ids, logits)
+        shifted = torch.cat([self.last_logits[None], logits[:-1]])
+        logp = torch.log_softmax(shifted, dim=-1)
         return (-logp.gather(-1, ids.to(logp.device)[:, None])[:, 0]).cpu()
 
-    def keep(self, ids: torch.Tensor) -> None:
-        """Append the kept tokens ``ids`` (k,) of the last scored segment."""
-        self._extend(ids)
+    def keep(self, chosen: torch.Tensor) -> None:
+        """Keep the tokens ``chosen`` ((n,) bool) of the segment scored last."""
+        if self._segment is None:
+            raise RuntimeError("Stream.keep without a scored segment")
+        (ids, logits), self._segment = self._segment, None
+        chosen = chosen.to(torch.bool).cpu()
+        if self._before is not None:
+            self.cache, self._before = self._before, None
+            self._read(ids[chosen])
+            return
+        index = torch.cat([torch.arange(self.length), self.length + torch.nonzero(chosen)[:, 0]])
+        for layer in self.cache.layers:
+            at = index.to(layer.keys.device)
+            layer.keys = layer.keys.index_select(-2, at)
+            layer.values = layer.values.index_select(-2, at)
+        self.length = len(index)
+        if chosen.any():
+            self.last_logits = logits[int(torch.nonzero(chosen)[:, 0][-1])]

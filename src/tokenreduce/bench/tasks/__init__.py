@@ -198,12 +198,13 @@ def get(name: str) -> type[Task]:
     return TASKS[name]
 
 
-from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, vt; encoder:
-    classification,  # sentence-fidelity, retrieval, text-probe)
+from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, vt, docqa;
+    classification,  # encoder: sentence-fidelity, retrieval, text-probe)
     encoder,
     fidelity,
     longcontext,
     perplexity,
+    prompt,
     segmentation,
     vqa,
 )

@@ -1,7 +1,8 @@
-"""Long-context retrieval for decoder language models: ``niah``, ``multikey`` and ``vt``.
+"""Long-context retrieval for decoder language models: ``niah``, ``multikey``, ``vt`` and
+``docqa``.
 
-The samples are the RULER-style tasks of :mod:`tokenreduce.lmtasks` (needle in a haystack,
-multi-key retrieval, variable tracking), generated from a seed in English prose at several
+The samples are the tasks of :mod:`tokenreduce.lmtasks` (RULER's needle in a haystack,
+multi-key retrieval and variable tracking; question answering over documents), generated from a seed in English prose at several
 context lengths, the needle at depths spread evenly over the context. For every
 configuration (a KV-cache method or a prefill method at a budget, or the unreduced
 ``baseline``):
@@ -140,6 +141,9 @@ def config_budget(config: str) -> tuple[str, float | None]:
     method = tokenreduce.methods.build(config)
     if getattr(method, "cache_budget", None) is not None:
         return method.kind, None
+    if isinstance(method, tokenreduce.methods.PromptMethod):
+        rate = method.effective_rate
+        return method.kind, None if rate is None else 1.0 - rate
     value = getattr(method, type(method).budget_param, None)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return method.kind, float(value) if ok else None
@@ -256,15 +260,7 @@ class LongContextTask(Task):
         check_lm(loaded.model, loaded.tokenizer, cls.name)
         check_length(loaded.model, max(contexts))
         seed = 0
-        samples = {
-            ctx: [
-                lmtasks.make_sample(
-                    cls.name, loaded.tokenizer, ctx, (i + 0.5) / limit, seed + i, sentences
-                )
-                for i in range(limit)
-            ]
-            for ctx in contexts
-        }
+        samples = cls.make_samples(loaded.tokenizer, contexts, limit, seed, sentences)
         task = cls(
             loaded.tokenizer,
             samples,
@@ -278,6 +274,21 @@ class LongContextTask(Task):
         )
         task.check_model(loaded.model)
         return task
+
+    @classmethod
+    def make_samples(
+        cls, tokenizer: Any, contexts: Sequence[int], limit: int, seed: int, sentences: list[str]
+    ) -> dict[int, list[lmtasks.Sample]]:
+        """``limit`` samples of this task per context length, needle depths spread evenly."""
+        return {
+            ctx: [
+                lmtasks.make_sample(
+                    cls.name, tokenizer, ctx, (i + 0.5) / limit, seed + i, sentences
+                )
+                for i in range(limit)
+            ]
+            for ctx in contexts
+        }
 
     def _encode(self, sample: lmtasks.Sample) -> list[int]:
         tok = self.tokenizer
@@ -293,10 +304,10 @@ class LongContextTask(Task):
             "decode_tokens": self.decode_tokens,
         }
 
-    def _batches(self) -> list[list[Prompt]]:
+    def _batches(self, prompts: list[Prompt] | None = None) -> list[list[Prompt]]:
         out = []
         for ctx in self.contexts:
-            group = [p for p in self.prompts if p.context == ctx]
+            group = [p for p in prompts or self.prompts if p.context == ctx]
             out += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
         return out
 
@@ -311,21 +322,29 @@ class LongContextTask(Task):
     def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
         kind, ratio = config_budget(config)
         with reduced_model(model, config) as (reduced, _):
-            answers, kv_by_context, peak = [], {c: 0 for c in self.contexts}, None
-            longest = self.contexts[-1]
-            for batch in self._batches():
-                watch = peak is None and batch[0].context == longest
-                texts, kv, batch_peak = self._answer(reduced, batch, watch)
-                peak = batch_peak if watch else peak
-                answers += texts
-                kv_by_context[batch[0].context] += kv
-                step()
+            answers, kv_by_context, peak = self._answer_all(reduced, self.prompts, step)
             timing = self._time(model, reduced, config == BASELINE)
             step()
         correct = [p.sample.is_correct(t) for p, t in zip(self.prompts, answers, strict=True)]
         return self._metrics(
             config, kind, ratio, correct, answers, kv_by_context, peak, timing, baseline
         )
+
+    def _answer_all(
+        self, model: nn.Module, prompts: list[Prompt], step: Steps
+    ) -> tuple[list[str], dict[int, int], float | None]:
+        """Greedy answers to ``prompts`` in batches (one ``step`` each), the KV bytes after
+        prefill per context length, and the peak memory of the first batch of the longest."""
+        answers, kv_by_context, peak = [], {c: 0 for c in self.contexts}, None
+        longest = self.contexts[-1]
+        for batch in self._batches(prompts):
+            watch = peak is None and batch[0].context == longest
+            texts, kv, batch_peak = self._answer(model, batch, watch)
+            peak = batch_peak if watch else peak
+            answers += texts
+            kv_by_context[batch[0].context] += kv
+            step()
+        return answers, kv_by_context, peak
 
     def _answer(
         self, model: nn.Module, batch: list[Prompt], watch: bool
@@ -652,6 +671,14 @@ class MultiKey(LongContextTask):
 
 
 @register
+class DocumentQA(LongContextTask):
+    """Made-up biographies padded with prose; name one person's city of birth."""
+
+    name = "docqa"
+    description = "question answering over many short documents, one relevant (language models)"
+
+
+@register
 class VariableTracking(LongContextTask):
     """A value passed along a chain of variable assignments; name the last one's value."""
 
@@ -660,6 +687,7 @@ class VariableTracking(LongContextTask):
 
 
 __all__ = [
+    "DocumentQA",
     "LongContextTask",
     "MultiKey",
     "NeedleInAHaystack",
