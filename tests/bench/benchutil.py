@@ -20,6 +20,8 @@ TINY_ARCH = {
     "num_heads": 2,
     "mlp_ratio": 2.0,
 }
+#: the tiny Llama of ``conftest.tiny_lm``: layers, KV heads and their width
+LAYERS, KV_HEADS, HEAD_DIM = 4, 2, 16
 
 
 def write_idx(folder: Path, n: int = 40, seed: int = 0) -> Path:

@@ -1,68 +1,25 @@
 """Language-model tasks of the bench (``niah``, ``multikey``, ``vt``, ``perplexity``) on a
-tiny random Llama with an offline byte-level tokenizer: accuracy kept, KV bytes from the
-cache tensors, resume, the CLI end to end, and clear failures."""
+tiny random Llama with an offline byte-level tokenizer (``conftest.tiny_lm``): accuracy
+kept, KV bytes from the cache tensors, resume, the CLI end to end, and clear failures."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import sqlite3
 from pathlib import Path
 
 import pytest
-import torch
-from benchutil import tiny_vit
+from benchutil import HEAD_DIM, KV_HEADS, LAYERS, tiny_vit
 from typer.testing import CliRunner
 
-transformers = pytest.importorskip("transformers")
-
-from tests.lmutil import byte_tokenizer  # noqa: E402
-from tokenreduce.bench.metrics import TIMING_RETRIES  # noqa: E402
-from tokenreduce.bench.models import load  # noqa: E402
-from tokenreduce.bench.tasks import Options, get  # noqa: E402
-from tokenreduce.bench.tasks.longcontext import LongContextTask  # noqa: E402
-from tokenreduce.cli import app  # noqa: E402
-
-LAYERS, KV_HEADS, HEAD_DIM = 4, 2, 16
-
+from tokenreduce.bench.metrics import TIMING_RETRIES
+from tokenreduce.bench.models import load
+from tokenreduce.bench.tasks import Options, get
+from tokenreduce.bench.tasks.longcontext import LongContextTask
+from tokenreduce.cli import app
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory) -> Path:
-    """A Hugging Face folder: a 4-layer random Llama (2 KV heads of 16) and its tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = byte_tokenizer()
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=KV_HEADS, max_position_embeddings=1024,
-        initializer_range=0.3, attn_implementation="sdpa", architectures=["LlamaForCausalLM"],
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="session")
-def prose(tmp_path_factory) -> Path:
-    """Plain-text prose: paragraphs of sentences made from a small vocabulary."""
-    rng = random.Random(0)
-    words = ["the", "a", "river", "quiet", "engineer", "compiled", "seven", "old", "programs",
-             "under", "lamp", "light", "while", "rain", "fell", "across", "hills", "harbours"]  # fmt: skip
-    paragraphs = [
-        " ".join(
-            " ".join(rng.choice(words) for _ in range(rng.randrange(8, 16))).capitalize() + "."
-            for _ in range(6)
-        )
-        for _ in range(40)
-    ]
-    file = tmp_path_factory.mktemp("prose") / "prose.txt"
-    file.write_text("\n\n".join(paragraphs))
-    return file
 
 
 @pytest.fixture(scope="module")
