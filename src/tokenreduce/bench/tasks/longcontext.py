@@ -181,6 +181,8 @@ class LongContextTask(Task):
     """
 
     name: ClassVar[str]
+    #: the :data:`tokenreduce.lmtasks.TASKS` sampled (empty: the task's own name)
+    subtasks: ClassVar[tuple[str, ...]] = ()
     model_kind = "lm"
     method_kinds = ("kv_cache", "prefill")
     columns = (
@@ -279,12 +281,12 @@ class LongContextTask(Task):
     def make_samples(
         cls, tokenizer: Any, contexts: Sequence[int], limit: int, seed: int, sentences: list[str]
     ) -> dict[int, list[lmtasks.Sample]]:
-        """``limit`` samples of this task per context length, needle depths spread evenly."""
+        """``limit`` samples of each of :attr:`subtasks` per context length, needle depths
+        spread evenly."""
         return {
             ctx: [
-                lmtasks.make_sample(
-                    cls.name, tokenizer, ctx, (i + 0.5) / limit, seed + i, sentences
-                )
+                lmtasks.make_sample(task, tokenizer, ctx, (i + 0.5) / limit, seed + i, sentences)
+                for task in cls.subtasks or (cls.name,)
                 for i in range(limit)
             ]
             for ctx in contexts

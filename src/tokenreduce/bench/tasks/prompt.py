@@ -21,7 +21,7 @@ model answers it. Besides the columns of :class:`~.longcontext.LongContextTask`:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from time import perf_counter, process_time
 from typing import Any
 
@@ -75,6 +75,7 @@ class PromptCompression(LongContextTask):
         "(language models)"
     )
     method_kinds = ("prompt", "kv_cache", "prefill")
+    subtasks = SUBTASKS
     columns = (
         Column("accuracy", "accuracy %", ".1f", True),
         Column("accuracy_kept", "kept % of full", ".1f", True),
@@ -100,20 +101,6 @@ class PromptCompression(LongContextTask):
             x_higher_is_better=False,
         ),  # fmt: skip
     )
-
-    @classmethod
-    def make_samples(
-        cls, tokenizer: Any, contexts: Sequence[int], limit: int, seed: int, sentences: list[str]
-    ) -> dict[int, list[lmtasks.Sample]]:
-        """``limit`` samples of each of :data:`SUBTASKS` per context length."""
-        return {
-            ctx: [
-                lmtasks.make_sample(task, tokenizer, ctx, (i + 0.5) / limit, seed + i, sentences)
-                for task in SUBTASKS
-                for i in range(limit)
-            ]
-            for ctx in contexts
-        }
 
     @classmethod
     def default_sweep(cls, loaded) -> Callable[[str, int, bool], list[str]]:
