@@ -83,8 +83,9 @@ def encode(tokenizer: Any, texts: Sequence[str], batch_size: int, max_tokens: in
     ``attention_mask``, (B, N) each), truncated to ``max_tokens`` ([CLS] and [SEP] included)."""
     out = []
     for start in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                        max_length=max_tokens, return_tensors="pt", padding_side="right")  # fmt: skip
+        chunk = list(texts[start : start + batch_size])
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_tokens,
+                        return_tensors="pt", padding_side="right")  # fmt: skip
         out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     return out
 
@@ -150,7 +151,8 @@ def input_tokens(model: nn.Module, context: Sequence[int]) -> int:
     most = getattr(model.config, "max_position_embeddings", tokens)
     if not 8 <= tokens <= most:
         raise ValueError(
-            f"--context {tokens}: a text encoder's inputs must be 8 to {most} tokens (its position embeddings)"
+            f"--context {tokens}: a text encoder's inputs must be 8 to {most} tokens (its "
+            "position embeddings)"
         )
     return tokens
 
@@ -186,7 +188,8 @@ class EncoderTask(Task):
                    ("warmup", warmup, 0), ("threads", threads, 1))  # fmt: skip
         if timed.dim() != 2 or timed.dtype != torch.long or len(timed) == 0:
             raise ValueError(
-                f"timed inputs must be token ids (B, T) with B >= 1, got {timed.dtype} {tuple(timed.shape)}"
+                f"timed inputs must be token ids (B, T) with B >= 1, got {timed.dtype} "
+                f"{tuple(timed.shape)}"
             )
         self.tokenizer, self.timed, self.data_name = tokenizer, timed, data_name
         self.batch_size, self.threads = batch_size, threads
@@ -215,7 +218,8 @@ class EncoderTask(Task):
         repeats after 1 warm-up, seed 0; ``quick``: fewer texts (see each task), 3 repeats."""
         if loaded.kind != "encoder" or loaded.tokenizer is None:
             raise ValueError(
-                f"task {cls.name!r} needs a text encoder with its tokenizer; {loaded.name} is not one"
+                f"task {cls.name!r} needs a text encoder with its tokenizer; {loaded.name} is "
+                "not one"
             )
         tokens = input_tokens(loaded.model, options.context)
         synsets = wordnet.noun_synsets(options.data)
@@ -248,7 +252,8 @@ class EncoderTask(Task):
         vocab = model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > vocab:
             raise ValueError(
-                f"the tokenizer has {len(self.tokenizer)} tokens but the model embeds only {vocab}: they do not belong together"
+                f"the tokenizer has {len(self.tokenizer)} tokens but the model embeds only "
+                f"{vocab}: they do not belong together"
             )
         input_tokens(model, (self.timed.shape[1],))
 
@@ -302,9 +307,11 @@ class EncoderTask(Task):
         with torch.inference_mode():
             peak = peak_memory_mb(other)
         step()
-        return cost_metrics(gflops=gflops, base_gflops=handle.baseline_gflops(),
-                            mean_tokens=sum(tokens) / len(tokens), t_base=t_base, t_red=t_red,
-                            batch=len(x), peak=peak, baseline=baseline, attempts=attempts)  # fmt: skip
+        return cost_metrics(
+            gflops=gflops, base_gflops=handle.baseline_gflops(),
+            mean_tokens=sum(tokens) / len(tokens), t_base=t_base, t_red=t_red,
+            batch=len(x), peak=peak, baseline=baseline, attempts=attempts,
+        )  # fmt: skip
 
     @classmethod
     def fastest(
