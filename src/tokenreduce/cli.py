@@ -34,7 +34,8 @@ def _task_help() -> str:
     listed = "; ".join(f"{n}: {c.description}" for n, c in TASKS.items())
     return (
         "What to measure (default: classification for an image classifier, fidelity for a "
-        f"vision backbone, niah for a language model). Tasks: {listed}."
+        "vision backbone, niah for a language model, vqa for a vision-language model, "
+        f"sentence-fidelity for a text encoder). Tasks: {listed}."
     )
 
 
@@ -45,7 +46,8 @@ def bench(
     model: Annotated[
         str,
         typer.Option(
-            help="Bundled asset name (fmnist-vit, dinov2-small, smollm2, gemma3-270m), local "
+            help="Bundled asset name (fmnist-vit, dinov2-small, smollm2, gemma3-270m, "
+            "llava-shapes, all-minilm-l6-v2), local "
             "checkpoint (.safetensors file or folder with model.safetensors; architecture "
             "from its 'arch' metadata or a config.json beside it), local Hugging Face folder, "
             "or timm model name with cached pretrained weights."
@@ -103,7 +105,7 @@ def bench(
         typer.Option(
             min=16,
             help="Context length in tokens for language-model tasks (repeatable; default: "
-            "the task's).",
+            "the task's); for the text-encoder tasks one value, the tokens of the timed inputs.",
         ),
     ] = None,
     split: Annotated[
@@ -117,7 +119,10 @@ def bench(
         Path | None,
         typer.Option(
             help="Data the task reads: for classification the folder with the Fashion-MNIST "
-            "IDX .gz files (default: $TOKENREDUCE_DATA, then /usr/share/datasets/fashion-mnist)."
+            "IDX .gz files (default: $TOKENREDUCE_DATA, then /usr/share/datasets/fashion-mnist); "
+            "for language-model tasks a prose text or .gz file (default: the Jargon File); for "
+            "the text-encoder tasks the folder with WordNet's data.noun (default: "
+            "$TOKENREDUCE_WORDNET, then /usr/share/wordnet)."
         ),
     ] = None,
     db: Annotated[Path, typer.Option(help="SQLite results store.")] = DEFAULT_DB,

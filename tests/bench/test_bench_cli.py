@@ -74,7 +74,7 @@ def test_quick_bench_end_to_end(tmp_path, tiny_ckpt, idx_dir):
         assert m["timing_attempts"] >= 1 and m["timing_noisy"] == (m["speedup_spread"] > 0.2)
     # no terminal here: plain progress lines, and the img/s scale named under the table
     assert f"[{len(configs)}/{len(configs)}] " in result.output and "done in" in result.output
-    assert "img/s: the baseline's" in result.output
+    assert "throughput (baseline × speedup): the baseline's" in result.output
     if real is not None:
         assert base["top1"] > 80  # the demo model really classifies the real test images
     html = out.read_text()

@@ -139,7 +139,7 @@ def test_cli_table_flags_noisy_figures_and_names_the_scale(tmp_path, capsys):
     evit, tome = cells[label(EVIT)], cells[label(TOME)]
     assert "0.90?" in evit and "90?" in evit  # speedup and img/s flagged
     assert "?" not in tome and "150" in tome  # 1.5 x the shown baseline's 100, not 120
-    assert "img/s: the baseline's 100 images/s × each row's paired speedup" in out
+    assert "throughput (baseline × speedup): the baseline's 100 samples/s × each row's paired speedup" in out
     assert f"? {label(EVIT)}: timing too noisy to trust" in out
     assert "spread 45% (limit 20%) after 3 timing(s)" in out
 
@@ -150,7 +150,7 @@ def test_report_flags_noisy_figures(tmp_path):
     with Store.open(db) as store:
         html = render(store)
     assert "<td>0.90?</td>" in html and "<td>1.50</td>" in html
-    assert "timing too noisy to trust" in html and "the baseline&#x27;s 100 images/s" in html
+    assert "timing too noisy to trust" in html and "the baseline&#x27;s 100 samples/s" in html
 
 
 def test_one_scale_uses_the_shown_baseline(tmp_path):
@@ -233,4 +233,4 @@ def test_summaries_flag_a_noisy_fastest_row():
 def test_the_scale_note_prints_rates_readably():
     fast = table_notes([(BASELINE, _metrics(1.0, 6199.4, 6199.4))])
     slow = table_notes([(BASELINE, _metrics(1.0, 2.345, 2.345))])
-    assert "baseline's 6199 images/s" in fast[0] and "baseline's 2.35 images/s" in slow[0]
+    assert "baseline's 6199 samples/s" in fast[0] and "baseline's 2.35 samples/s" in slow[0]

@@ -105,14 +105,14 @@ def one_scale(rows: list[Result]) -> list[Result]:
 
 def table_notes(rows: list[tuple[str, Metrics]]) -> list[str]:
     """Footnotes of a results table of ``(config, metrics)`` rows: the baseline that the
-    img/s column is scaled to, and every row whose paired timing stayed noisy (its speed
+    scaled throughput column (images or texts per second) is scaled to, and every row whose paired timing stayed noisy (its speed
     figures carry :data:`~tokenreduce.bench.measure.FLAG_MARK`)."""
     notes = []
     base = dict(rows).get(BASELINE)
     if base and base.get("throughput") and any("throughput_scaled" in m for _, m in rows):
         notes.append(
-            f"img/s: the baseline's {_rate(base['throughput'])} images/s × each row's paired "
-            "speedup, one scale for rows measured minutes apart"
+            f"throughput (baseline × speedup): the baseline's {_rate(base['throughput'])} "
+            "samples/s × each row's paired speedup, one scale for rows measured minutes apart"
         )
     for config, m in rows:
         if m.get(NOISY):
