@@ -205,7 +205,8 @@ def transformers4_view(folder: Path, dest: Path) -> Path:
     for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja",
                  "generation_config.json"):  # fmt: skip
         link = dest / name
-        if (folder / name).exists() and not link.exists():
+        link.unlink(missing_ok=True)  # it may point at another transformers release's folder
+        if (folder / name).exists():
             link.symlink_to(folder / name)
     for name, translate in (("config.json", transformers4_config),
                             ("tokenizer_config.json", transformers4_tokenizer_config)):  # fmt: skip
