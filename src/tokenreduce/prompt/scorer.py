@@ -111,9 +111,13 @@ class Scorer:
         if len(prefixes) != len(texts):
             raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} texts")
         rows = [self._row(t, p) for t, p in zip(texts, prefixes, strict=True)]
-        out: list[torch.Tensor] = []
-        for i in range(0, len(rows), self.batch_size):
-            out.extend(self._batch(rows[i : i + self.batch_size]))
+        # rows of similar length share a batch, so little of a forward pass reads padding
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for i in range(0, len(order), self.batch_size):
+            chunk = order[i : i + self.batch_size]
+            for j, info in zip(chunk, self._batch([rows[j] for j in chunk]), strict=True):
+                out[j] = info
         return out
 
     def _row(self, text: torch.Tensor, prefix: torch.Tensor | None) -> tuple[torch.Tensor, int]:
