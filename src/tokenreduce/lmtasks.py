@@ -169,6 +169,17 @@ def _docqa(sentences: list[str], tokenizer, n_tokens: int, depth: float, rng) ->
     return _wrap("docqa", docs, question, f"{names[0]} was born in", cities[0], depth)
 
 
+def _variable_tracking(hay: list[str], number: str, depth: float, rng) -> Sample:
+    """``number`` passed along a chain of three variables, the first at ``depth``."""
+    names = ["".join(rng.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(3)) for _ in range(3)]
+    chain = [f"VAR {names[0]} = {number}."]
+    chain += [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:], strict=False)]
+    steps = [depth + (1 - depth) * i / len(chain) for i in range(len(chain))]
+    docs = _insert(hay, list(zip(steps, chain, strict=True)))
+    question = f"What number does VAR {names[-1]} hold? Answer with the number only."
+    return _wrap("vt", docs, question, f"VAR {names[-1]} holds", number, depth)
+
+
 def make_sample(
     task: str, tokenizer, n_tokens: int, depth: float, seed: int, sentences: list[str]
 ) -> Sample:
@@ -218,20 +229,7 @@ def make_sample(
             number,
             depth,
         )
-    names = ["".join(rng.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(3)) for _ in range(3)]
-    chain = [f"VAR {names[0]} = {number}."]
-    chain += [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:], strict=False)]
-    steps = [depth + (1 - depth) * i / len(chain) for i in range(len(chain))]
-    docs = _insert(hay, list(zip(steps, chain, strict=True)))
-    return _wrap(
-        task,
-        docs,
-        f"What number does VAR {names[-1]} hold? Answer with the number only.",
-        f"VAR {names[-1]} holds",
-        number,
-        depth,
-    )
-
+    return _variable_tracking(hay, number, depth, rng)
 
 __all__ = [
     "DOC_SENTENCES", "INSTRUCTION", "JARGON", "TASKS", "Sample", "jargon_path",
