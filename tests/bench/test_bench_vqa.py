@@ -38,9 +38,10 @@ LM_LAYERS = 4
 FAST = Options(threads=1, limit=6, batch_size=3, quick=True, repeats=1, warmup=0)
 
 
-def tiny_llava_shapes(seed: int = 0):
+def tiny_llava_shapes(seed: int = 0, tower_size: int = 112):
     """(model, processor): llava-shapes' assembly on a 2-layer DINOv2 (patch 14 at 112 px: 64
-    visual tokens) and a 4-layer Llama of width 32."""
+    visual tokens; configured for ``tower_size`` px, as the real tower is for 518) and a
+    4-layer Llama of width 32."""
     from tokenreduce.assets import llava_shapes as ls
     from tokenreduce.assets.llm import smollm2_folder
 
@@ -48,7 +49,7 @@ def tiny_llava_shapes(seed: int = 0):
     torch.manual_seed(seed)
     vision = transformers.Dinov2Model(transformers.Dinov2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14,
-        image_size=112)).eval()  # fmt: skip
+        image_size=tower_size)).eval()  # fmt: skip
     lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
         num_hidden_layers=LM_LAYERS, num_attention_heads=2, num_key_value_heads=1,
@@ -189,6 +190,15 @@ def test_pictures_show_the_kept_tokens(rows, loaded):
         reduced = np.asarray(Image.open(BytesIO(png)))
         assert reduced.shape == np.asarray(Image.open(BytesIO(plain[name]))).shape
         assert not np.array_equal(reduced, np.asarray(Image.open(BytesIO(plain[name]))))
+
+
+@pytest.mark.parametrize("config", ["topk:keep_ratio=0.25,layers=(0,)", "fastv:layer=2"])
+def test_pictures_follow_the_grid_the_images_ran_at(rows, config):
+    """A tower configured for 224 px runs at 112 px: its 8 x 8 grid, not the configured
+    16 x 16, is the one drawn, for a handoff method and for a prefill method alike."""
+    model, _ = tiny_llava_shapes(tower_size=224)
+    pictures = rows[0].pictures(model, config)
+    assert pictures and all(png.startswith(b"\x89PNG") for png in pictures.values())
 
 
 # -- the command line ------------------------------------------------------------------------

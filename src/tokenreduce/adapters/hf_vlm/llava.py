@@ -91,15 +91,21 @@ class HFLlavaAdapter(VLMAdapter):
         grid is read from the tokens, a square of patches (after the class token, if handed
         over)."""
         patches = n - self.info.num_prefix
-        side = math.isqrt(patches)
-        if side * side == patches:
-            return (side, side)
+        grid = square_grid(patches)
+        if grid is not None:
+            return grid
         if self.method.needs_grid:
             raise self.not_applied(
                 f"{self.method.name} needs the patch grid, but the {patches} image tokens "
                 "handed over form no square grid"
             )
         return None
+
+
+def square_grid(patches: int) -> tuple[int, int] | None:
+    """``(side, side)`` when ``patches`` tokens form a square patch grid, else None."""
+    side = math.isqrt(max(patches, 0))
+    return (side, side) if side and side * side == patches else None
 
 
 def _one(tower: tuple, i: int) -> tuple:

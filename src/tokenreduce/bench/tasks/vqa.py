@@ -39,6 +39,7 @@ from torch import nn
 import tokenreduce
 
 from ... import methods
+from ...adapters.hf_vlm.llava import square_grid
 from ...core.state import TokenState
 from ..configs import BASELINE, label
 from ..measure import Steps, check_ints, fraction, reduced_model, speedup_text, until_steady
@@ -438,17 +439,20 @@ class VisualQuestionAnswering(Task):
         with reduced_model(model, config) as (reduced, handle), torch.inference_mode():
             reduced(**inputs)
             kept = kept_image_tokens(last_kept(handle), placeholders).cpu()
-            state, grid = handle.state, handle.info.grid
+            state, prefix = handle.state, handle.info.num_prefix
         out = {}
         for b, i in enumerate(indices):
             image = self.questions.images[self.questions.image_index[i]]
             scale = max(1, 224 // image.shape[1])
+            tokens = kept[b][placeholders[b].cpu()]
+            # the grid the image ran at, read from its tokens (the tower's configured size
+            # may differ)
+            grid = square_grid(tokens.numel() - prefix)
             if config == BASELINE or grid is None:
                 picture = Image.fromarray(image).resize((image.shape[1] * scale,) * 2)
             else:
-                tokens = kept[b][placeholders[b].cpu()]
-                shown, prefix = _image_state(state, b, tokens, grid)
-                picture = viz.token_map(image, shown, grid, prefix, scale=scale)
+                shown, extra = _image_state(state, b, tokens, grid)
+                picture = viz.token_map(image, shown, grid, extra, scale=scale)
             buf = io.BytesIO()
             picture.save(buf, format="PNG")
             out[f"question-{i}"] = buf.getvalue()
