@@ -59,10 +59,15 @@ class LLMLingua(PromptMethod):
     context_budget: int = param(100, ge=0)
 
     def plan(self, prompts: list[Read], scorer: Scorer) -> list[Plan]:
-        ranked = [p for p in prompts if p.target is not None and len(p.docs) > 1]
-        infos = iter(scorer.self_information([d.ids for p in ranked for d in p.docs]))
-        perplexity = {id(p): np.array([float(next(infos).mean()) for _ in p.docs]) for p in ranked}
-        return [self._plan_one(p, perplexity.get(id(p)), scorer) for p in prompts]
+        # the budget controller ranks the documents of prompts that have a target and several
+        ranks = [p.target is not None and len(p.docs) > 1 for p in prompts]
+        docs = [d.ids for p, r in zip(prompts, ranks, strict=True) if r for d in p.docs]
+        infos = iter(scorer.self_information(docs))
+        perplexity = [
+            np.array([float(next(infos).mean()) for _ in p.docs]) if r else None
+            for p, r in zip(prompts, ranks, strict=True)
+        ]
+        return [self._plan_one(p, ppl, scorer) for p, ppl in zip(prompts, perplexity, strict=True)]
 
     def _plan_one(self, prompt: Read, perplexity: np.ndarray | None, scorer: Scorer) -> Plan:
         sizes = prompt.sizes

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..methods.base import InvalidParameter, Method, build, kinds_text
+from ..methods.base import InvalidParameter, Method, build, describe, kinds_text
 from ..methods.prompt_base import Plan, PromptMethod, Read
 from . import units
 from .scorer import Scorer, Text, check_causal_lm
@@ -136,7 +136,7 @@ def compress_batch(
         plans = method.plan(reads, scorer)
     texts = [_render(r, plan) for r, plan in zip(reads, plans, strict=True)]
     seconds = time.perf_counter() - start
-    spec = _spec(method)
+    spec = describe(method)
     return [
         _result(p, r, plan, docs, spec, seconds, scorer)
         for p, r, plan, docs in zip(prompts, reads, plans, texts, strict=True)
@@ -198,12 +198,6 @@ def _result(
         )
     text = "\n\n".join(p for p in parts if p)
     return Compressed(text, docs, plan.order, spec, original, tokens, requested, seconds, note)
-
-
-def _spec(method: PromptMethod) -> str:
-    from ..methods.base import describe
-
-    return describe(method)
 
 
 __all__ = [

@@ -36,14 +36,24 @@ def _codes(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
+def _chars(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """The characters of ``text`` with one space appended (a sentinel past the end), and
+    which of them are whitespace; both (n_chars + 1,)."""
+    chars = np.array([*text, " "])
+    return chars, np.char.isspace(chars)
+
+
 def word_ids(text: str) -> np.ndarray:
     """The word each character belongs to, (n_chars,) int64; whitespace takes the id of the
     next word (len(words) after the last one)."""
+    return _word_ids(text, *_chars(text))
+
+
+def _word_ids(text: str, chars: np.ndarray, space: np.ndarray) -> np.ndarray:
     if not text:
         return np.zeros(0, dtype=np.int64)
-    chars = np.array(list(text))
+    chars, space = chars[:-1], space[:-1]
     codes = _codes(text)
-    space = np.char.isspace(chars)
     wordy = (np.char.isalnum(chars) | (chars == "_")) & ~space
     cjk = np.zeros(len(codes), dtype=bool)
     for lo, hi in _CJK_RANGES:
@@ -103,12 +113,13 @@ def groups(text: str, offsets: np.ndarray) -> Groups:
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Groups(empty, empty, empty, empty)
-    ids = word_ids(text)
+    chars, space = _chars(text)
+    ids = _word_ids(text, chars, space)
     ids = np.append(ids, ids[-1] + 1 if len(ids) else 0)  # a virtual word past the end
     start, end = offsets[:, 0].astype(np.int64), offsets[:, 1].astype(np.int64)
     first = ids[start]
     last = np.where(end > start, ids[np.maximum(end - 1, 0)], first)
-    space_only = _nonspace_between(text, start, end) == 0
+    space_only = _nonspace_between(space, start, end) == 0
     last = np.where(space_only, first, np.maximum(first, last))
     seen = np.maximum.accumulate(last)
     new = np.ones(n, dtype=bool)
@@ -116,27 +127,26 @@ def groups(text: str, offsets: np.ndarray) -> Groups:
     of_token = np.cumsum(new) - 1
     sizes = np.bincount(of_token)
     char_end = np.maximum.reduceat(end, np.flatnonzero(new))
-    return Groups(of_token, sizes, char_end, _closings(text, char_end))
+    return Groups(of_token, sizes, char_end, _closings(chars, space, char_end))
 
 
-def _nonspace_between(text: str, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """How many non-whitespace characters each span ``[start, end)`` of ``text`` holds."""
-    nonspace = ~np.char.isspace(np.array(list(text) or [" "]))
-    counts = np.concatenate([[0], np.cumsum(nonspace)])
+def _nonspace_between(space: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """How many non-whitespace characters each span ``[start, end)`` holds (``space``: the
+    whitespace mask of :func:`_chars`)."""
+    counts = np.concatenate([[0], np.cumsum(~space)])
     return counts[end] - counts[start]
 
 
-def _closings(text: str, char_end: np.ndarray) -> np.ndarray:
+def _closings(chars: np.ndarray, space: np.ndarray, char_end: np.ndarray) -> np.ndarray:
     """For each group ending at ``char_end``: 2 if its last non-space character ends a
-    sentence or a line follows, 1 if it ends a phrase, else 0."""
+    sentence or a line follows, 1 if it ends a phrase, else 0 (``chars``, ``space``: of
+    :func:`_chars`)."""
     if not len(char_end):
         return np.zeros(0, dtype=np.int64)
-    chars = np.array(list(text) + [" "])
-    space = np.char.isspace(chars)
     idx = np.arange(len(chars))
     last_nonspace = np.maximum.accumulate(np.where(space, -1, idx))
     tail = chars[np.maximum(last_nonspace[char_end - 1], 0)]
-    newline_next = chars[np.minimum(char_end, len(text))] == "\n"
+    newline_next = chars[np.minimum(char_end, len(chars) - 1)] == "\n"
     sentence = np.isin(tail, list(_SENTENCE_END)) | newline_next
     phrase = np.isin(tail, list(_PHRASE_END))
     return np.where(sentence, 2, np.where(phrase, 1, 0))
@@ -167,8 +177,7 @@ def _lost_spaces(text: str, starts: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Kept groups that need a space put back before them, (G,) bool: a group that starts
     with a word character, after removed groups that held whitespace, where the kept text
     before it does not end in whitespace."""
-    chars = np.array(list(text) + [" "])
-    space = np.char.isspace(chars)
+    chars, space = _chars(text)
     counts = np.concatenate([[0], np.cumsum(space)])
     ends = np.append(starts[1:], len(text))
     has_space = counts[ends] > counts[starts]
