@@ -191,6 +191,12 @@ def _plural(shape: str) -> str:
     return shape + "s"
 
 
+def presence_question(shape: str, color: str) -> str:
+    """The presence question about a (shape, colour): ``"is there a red circle?"``."""
+    article = "an" if color[0] in "aeiou" else "a"
+    return f"is there {article} {color} {shape}?"
+
+
 def _presence(rng, objects):
     if rng.random() < 0.5:  # about half yes, half no
         obj = objects[rng.integers(len(objects))]
@@ -200,8 +206,7 @@ def _presence(rng, objects):
         absent = [(s, c) for s in SHAPES for c in COLORS if (s, c) not in present]
         shape, color = absent[rng.integers(len(absent))]
     answer = "yes" if any((o.shape, o.color) == (shape, color) for o in objects) else "no"
-    article = "an" if color[0] in "aeiou" else "a"
-    return f"is there {article} {color} {shape}?", answer
+    return presence_question(shape, color), answer
 
 
 def _color(rng, objects):
@@ -327,15 +332,165 @@ def scenes_vqa(split: str, count: int, seed: int = 0, size: int = 112) -> VQASpl
     )
 
 
+# --- position bias: one object in each cell of a coarse grid -------------------------------
+
+
+def cell_of(x: float, y: float, grid: int, size: int) -> int:
+    """The cell (row-major, 0 to ``grid**2 - 1``) of a ``grid`` x ``grid`` split of a
+    ``size``-pixel image that holds the point (``x``, ``y``)."""
+    col = min(int(x * grid / size), grid - 1)
+    row = min(int(y * grid / size), grid - 1)
+    return row * grid + col
+
+
+def object_in_cell(rng: np.random.Generator, cell: int, grid: int, size: int) -> SceneObject:
+    """A random shape and colour drawn wholly inside ``cell`` (row-major) of a ``grid`` x
+    ``grid`` split of the image, its radius as the scenes draw them (7 to 12% of ``size``),
+    capped so that it fits in the cell with a pixel to spare."""
+    span = size / grid
+    row, col = divmod(cell, grid)
+    radius = min(rng.uniform(0.07, 0.12) * size, span / 2 - 2)
+    x = col * span + rng.uniform(radius + 1, span - radius - 1)
+    y = row * span + rng.uniform(radius + 1, span - radius - 1)
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    color = list(COLORS)[rng.integers(len(COLORS))]
+    return SceneObject(shape, color, x, y, radius)
+
+
+def grid_scenes_vqa(
+    grid: int = 3, per_cell: int = 4, seed: int = 0, size: int = 112
+) -> tuple[VQASplit, np.ndarray]:
+    """Scenes of one object each, placed in every cell of a ``grid`` x ``grid`` split of the
+    image in turn (``per_cell`` rounds over the cells: ``grid**2 * per_cell`` images), two
+    questions per image: its colour (``"what color is the circle?"``) and its shape (``"what
+    shape is the red object?"``), the question types the scenes' model answers best.
+
+    Returns ``(questions, cells)``: ``cells`` (Q,) int64 is the cell of each question's object,
+    row-major. Deterministic given the arguments; its seed stream is neither the train nor the
+    test scenes'. Raises ``ValueError`` for a grid whose cells are too small for an object
+    (less than 16 pixels) or ``per_cell < 1``."""
+    if grid < 1 or size / grid < 16 or per_cell < 1:
+        raise ValueError(
+            f"need grid >= 1 with cells of at least 16 px and per_cell >= 1; got grid={grid}, "
+            f"size={size} (cells of {size / max(grid, 1):.0f} px), per_cell={per_cell}"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence([seed, len(SPLITS), grid]))
+    images, index, questions, answers, qtypes, cells = [], [], [], [], [], []
+    for i in range(per_cell * grid * grid):
+        obj = object_in_cell(rng, i % (grid * grid), grid, size)
+        images.append(render_scene([obj], size, int(rng.integers(215, 256))))
+        for qtype, asker in (("color", _color), ("shape", _shape)):
+            question, answer = asker(rng, [obj])
+            index.append(i)
+            questions.append(question)
+            answers.append(answer)
+            qtypes.append(qtype)
+            cells.append(i % (grid * grid))
+    split = VQASplit(
+        f"grid-scenes/{grid}x{grid}",
+        np.stack(images),
+        np.array(index, dtype=np.int64),
+        tuple(questions),
+        tuple(answers),
+        tuple(qtypes),
+    )
+    return split, np.array(cells, dtype=np.int64)
+
+
+# --- hallucination: POPE-style presence questions -----------------------------------------
+
+#: how a POPE question's absent object is chosen (Li et al., *Evaluating Object Hallucination
+#: in Large Vision-Language Models*, EMNLP 2023)
+NEGATIVE_SAMPLING = ("random", "popular", "adversarial")
+Kind = tuple[str, str]
+
+
+def kind_counts(layouts: list[list[SceneObject]]) -> dict[Kind, int]:
+    """How many scenes hold each (shape, colour), every kind listed (zero included)."""
+    counts = {(s, c): 0 for s in SHAPES for c in COLORS}
+    for objects in layouts:
+        for obj in objects:
+            counts[(obj.shape, obj.color)] += 1
+    return counts
+
+
+def negatives(
+    rng: np.random.Generator,
+    objects: list[SceneObject],
+    count: int,
+    sampling: str,
+    counts: dict[Kind, int],
+) -> list[Kind]:
+    """``count`` distinct (shape, colour) kinds absent from ``objects``, chosen by ``sampling``
+    (:data:`NEGATIVE_SAMPLING`): ``random``, any absent kind; ``popular``, the absent kinds
+    most frequent in the data set (``counts``, ties by name); ``adversarial``, absent kinds like
+    a present object: the same shape in another colour first, then the same colour in another
+    shape, then any (random within each tier). Raises ``ValueError`` for another sampling."""
+    if sampling not in NEGATIVE_SAMPLING:
+        raise ValueError(f"sampling must be one of {NEGATIVE_SAMPLING}, got {sampling!r}")
+    present = {(o.shape, o.color) for o in objects}
+    absent = [k for k in counts if k not in present]
+    if sampling == "popular":
+        return sorted(absent, key=lambda k: (-counts[k], k))[:count]
+    order = list(rng.permutation(len(absent)))
+    if sampling == "adversarial":
+        shapes, colors = {s for s, _ in present}, {c for _, c in present}
+        tier = [0 if absent[i][0] in shapes else 1 if absent[i][1] in colors else 2 for i in order]
+        order = [i for _, i in sorted(zip(tier, order, strict=True), key=lambda t: t[0])]
+    return [absent[i] for i in order[:count]]
+
+
+def pope_vqa(count: int, seed: int = 0, size: int = 112, per_image: int = 2) -> VQASplit:
+    """POPE-style yes/no presence questions (``"is there a red circle?"``) about the first
+    ``count`` test scenes (:func:`scenes`, held out from training): for each image up to
+    ``per_image`` objects it shows (answer ``yes``, question type ``positive``) and as many
+    absent ones by each of :data:`NEGATIVE_SAMPLING` (answer ``no``, the sampling as the
+    question type). Each sampling's split is the positives plus its negatives, balanced per
+    image as in POPE. Deterministic given the arguments."""
+    if per_image < 1:
+        raise ValueError(f"per_image must be >= 1, got {per_image}")
+    images, layouts = scenes("test", count, seed, size)
+    counts = kind_counts(layouts)
+    rng = np.random.default_rng(_split_seed("test", seed).spawn(2)[1])
+    index, questions, answers, qtypes = [], [], [], []
+    for i, objects in enumerate(layouts):
+        shown = [objects[j] for j in rng.permutation(len(objects))[:per_image]]
+        asked = [((o.shape, o.color), "yes", "positive") for o in shown]
+        for sampling in NEGATIVE_SAMPLING:
+            absent = negatives(rng, objects, len(shown), sampling, counts)
+            asked += [(kind, "no", sampling) for kind in absent]
+        for (shape, color), answer, qtype in asked:
+            index.append(i)
+            questions.append(presence_question(shape, color))
+            answers.append(answer)
+            qtypes.append(qtype)
+    return VQASplit(
+        "pope-scenes/test",
+        images,
+        np.array(index, dtype=np.int64),
+        tuple(questions),
+        tuple(answers),
+        tuple(qtypes),
+    )
+
+
 __all__ = [
     "COLORS",
     "QTYPES",
     "SHAPES",
+    "NEGATIVE_SAMPLING",
     "SceneObject",
     "VQASplit",
     "ask",
+    "cell_of",
     "easy_vqa",
     "easy_vqa_dir",
+    "grid_scenes_vqa",
+    "kind_counts",
+    "negatives",
+    "object_in_cell",
+    "pope_vqa",
+    "presence_question",
     "relation_holds",
     "render_scene",
     "scenes",
