@@ -7,7 +7,7 @@ Each method class is importable from here under its own name (``tokenreduce.meth
 >>> [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
 ... # doctest: +NORMALIZE_WHITESPACE
 ['divprune', 'downsample', 'evit', 'pool', 'power_bert', 'prunemerge', 'random', 'tome', 'topk',
- 'visionzip']
+ 'uniform', 'visionzip', 'vispruner']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
 >>> methods.ToMe(r=13) == methods.build("tome:r=13")
@@ -53,13 +53,15 @@ from .streamingllm import StreamingLLM
 from .tome import ToMe
 from .topk import TopK
 from .tova import TOVA
+from .uniform import Uniform
 from .visionzip import VisionZip
+from .vispruner import VisPruner
 
 __all__ = [
     "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
     "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LongLLMLingua",
     "Method", "PoWERBERT", "Pool", "PerInputTokenMethod", "PrefillMethod", "PromptMethod",
     "PruneMerge", "PyramidKV", "RandomPrune", "SelectiveContext", "SnapKV", "StreamingLLM", "TOVA",
-    "ToMe", "TokenMethod", "TopK", "VisionZip", "available", "build", "describe", "get",
-    "param", "parse_spec", "register",
+    "ToMe", "TokenMethod", "TopK", "Uniform", "VisPruner", "VisionZip", "available", "build",
+    "describe", "get", "param", "parse_spec", "register",
 ]  # fmt: skip
