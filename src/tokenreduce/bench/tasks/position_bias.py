@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from ..configs import BASELINE, label
-from ..measure import Steps, check_ints, reduced_model
+from ..measure import Steps, check_ints
 from . import Column, Metrics, Options, Plot, register
+from .answers import UntimedQuestions
 from .vqa import (
-    VisualQuestionAnswering,
     _digest,
     accuracy_by_type,
     kept_image_tokens,
@@ -136,7 +136,7 @@ def heatmap_png(values: np.ndarray, title: str, vmax: float, fmt: str) -> bytes:
 
 # -- the task --------------------------------------------------------------------------------
 @register
-class PositionBias(VisualQuestionAnswering):
+class PositionBias(UntimedQuestions):
     """Accuracy per object position and the positions of the kept visual tokens of a
     vision-language model answering questions about one-object scenes (module docstring).
 
@@ -233,28 +233,11 @@ class PositionBias(VisualQuestionAnswering):
         task.check_model(loaded.model)
         return task
 
-    @property
-    def setting(self) -> dict[str, Any]:
-        return {
-            "batch_size": self.batch_size,
-            "threads": self.threads,
-            "max_new_tokens": self.max_new_tokens,
-        }
-
-    def steps(self, config: str) -> int:
-        return len(self._batches())
-
     # -- measurement ---------------------------------------------------------------------------
     def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
-        words: list[str] = []
-        masks: list[torch.Tensor] = []
-        with reduced_model(model, config) as (reduced, handle):
-            for batch in self._batches():
-                answer = self._answer(reduced, handle, batch, watch=False)
-                words += answer["words"]
-                masks.append(self._kept_patches(reduced, handle, batch))
-                step()
-        metrics = self._position_metrics(words, torch.cat(masks).numpy(), baseline)
+        answers = self.answer_all(model, config, step, self._kept_patches)
+        kept = torch.cat(answers.extra).numpy()
+        metrics = self._position_metrics(answers.words, kept, baseline)
         self._measured[config] = metrics
         return metrics
 
