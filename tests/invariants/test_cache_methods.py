@@ -18,7 +18,7 @@ from tokenreduce import methods
 from tokenreduce.adapters.hf_decoder import cache_bytes, output_cache
 from tokenreduce.methods.base import InvalidParameter
 
-from ..lmutil import PROMPT, cache_lengths, generate, info, make, prompt_keep
+from ..lmutil import PROMPT, cache_lengths, generate, info, left_pad, make, prompt_keep
 
 transformers = pytest.importorskip("transformers")
 
@@ -188,7 +188,9 @@ def test_decode_every_refused_where_the_score_needs_prompt_queries():
 
 
 # -- prefill pruning ---------------------------------------------------------------------------
-PREFILL = [n for n in methods.available() if issubclass(methods.get(n), methods.PrefillMethod)]
+ALL_PREFILL = [n for n in methods.available() if issubclass(methods.get(n), methods.PrefillMethod)]
+#: those that also prune a text-only model's prompt (the others act on image tokens only)
+PREFILL = [n for n in ALL_PREFILL if not methods.get(n).needs_images]
 
 
 def make_prefill(name: str, ratio: float) -> methods.Method:
@@ -239,3 +241,43 @@ def test_prefill_batched_equals_per_sample(name, llama, batch):
             assert torch.equal(tokens[row : row + 1], t1), f"sample {row}"
             torch.testing.assert_close(scores[row : row + 1], s1, atol=1e-4, rtol=1e-4)
     assert not torch.equal(tokens, ref_tokens)
+
+
+# -- prefill pruning of a vision-language model's image tokens ---------------------------------
+@pytest.fixture(scope="module")
+def llava():
+    from tokenreduce.adapters import HFLlavaAdapter
+
+    return HFLlavaAdapter.examples()["llava"]()
+
+
+@pytest.mark.parametrize("name", ALL_PREFILL)
+@torch.no_grad()
+def test_prefill_on_images_batched_equals_per_sample(name, llava):
+    """Prompts with one and two images, left-padded, generate as each alone; every text token
+    stays, and image tokens go."""
+    from ..adapters.test_hf_llava import IMAGE, pixels, prompt
+    from ..adapters.test_hf_llava import generate as run
+
+    rows = [prompt(1, 0), prompt(2, 1)]
+    ids, mask = left_pad(rows)
+    px = pixels(3)
+    with tokenreduce.patch(llava, methods.get(name).for_tests()) as handle:  # a heavy budget
+        tokens, scores = run(llava, ids, mask, px)
+        kept = handle.trace.prefill_kept[-1]
+        alone = [run(llava, rows[0], torch.ones_like(rows[0]), px[:1]),
+                 run(llava, rows[1], torch.ones_like(rows[1]), px[1:])]  # fmt: skip
+    assert torch.equal(tokens, torch.cat([a[0] for a in alone]))
+    torch.testing.assert_close(scores, torch.cat([a[1] for a in alone]), atol=1e-4, rtol=1e-4)
+    for b in range(2):
+        real = mask[b] == 1
+        text = ((ids[b] != IMAGE) & real).nonzero().squeeze(1).tolist()
+        kept_b = kept[b][kept[b] >= 0]
+        assert set(text) <= set(kept_b.tolist())
+        assert int((ids[b, kept_b] == IMAGE).sum()) < int((ids[b] == IMAGE).sum())
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_PREFILL if n not in PREFILL])
+def test_an_image_only_method_refuses_a_text_only_model(name, llama):
+    with pytest.raises(InvalidParameter, match=f"{name} removes the image tokens.*text-only"):
+        tokenreduce.patch(llama, methods.get(name).for_tests())

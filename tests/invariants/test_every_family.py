@@ -17,7 +17,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def fits(adapter, method) -> bool:
-    """Whether the family can take the method: a text encoder has no patch grid."""
+    """Whether the family can take the method: a text encoder has no patch grid, a text-only
+    language model no image tokens."""
+    if adapter.kind == "language" and getattr(method, "needs_images", False):
+        return False
     return not (adapter.kind == "text" and getattr(method, "needs_grid", False))
 
 

@@ -83,9 +83,22 @@ class StagedPrune(Budget):
     def keep(self, site: int, n: int) -> int:
         if site not in self.sites:
             return n
-        stage = self.sites.index(site)
-        share = self.ratio * (stage + 1) / len(self.sites)
-        return n - removed_count(n, share)
+        return n - removed_count(n, self.removed_share(self.sites.index(site)))
+
+    def removed_share(self, stage: int) -> float:
+        """Share of the reducible tokens gone after site ``stage`` (0-based)."""
+        return self.ratio * (stage + 1) / len(self.sites)
+
+
+@dataclass(frozen=True)
+class GeometricPrune(StagedPrune):
+    """Prompt pruning at ``sites`` where every site keeps the same share of what the site
+    before kept (PyramidDrop's stages): after site i of K, ``(1 - ratio) ** ((i + 1) / K)`` of
+    the ``n`` reducible tokens remain, so the last site keeps ``1 - ratio`` of them, like
+    :class:`StagedPrune`, and each site keeps ``(1 - ratio) ** (1 / K)`` of its input."""
+
+    def removed_share(self, stage: int) -> float:
+        return 1.0 - (1.0 - self.ratio) ** ((stage + 1) / len(self.sites))
 
 
 def as_layers(layers: int | Sequence[int]) -> tuple[int, ...]:

@@ -168,6 +168,10 @@ class KVContext:
     ``queries`` can return (the R most recent), so attention stays causal by time.
     ``accumulated`` (B, Hkv, N), when the method asks for it (``accumulates``), is the
     attention every entry has received from every query so far, prompt and generated tokens.
+
+    At a prefill method's site, ``text`` (B, N) marks the entries that are text on a
+    vision-language model (the others are image tokens, the candidates), for methods that
+    read the split (SparseVLM's text raters); None when the model has no such split.
     """
 
     layer: int
@@ -182,6 +186,7 @@ class KVContext:
     query_time: Tensor | None = None
     accumulated: Tensor | None = None
     window: int | None = None
+    text: Tensor | None = None
     _attn: dict = field(default_factory=dict, repr=False)
 
     @property

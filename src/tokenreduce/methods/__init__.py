@@ -45,10 +45,12 @@ from .prefill import PrefillMethod
 from .prompt_base import PromptMethod
 from .prunemerge import PruneMerge
 from .pruning import KeepRatioMethod
+from .pyramiddrop import PyramidDrop
 from .pyramidkv import PyramidKV
 from .random import RandomPrune
 from .selective_context import SelectiveContext
 from .snapkv import SnapKV
+from .sparsevlm import SparseVLM
 from .streamingllm import StreamingLLM
 from .tome import ToMe
 from .topk import TopK
@@ -56,12 +58,13 @@ from .tova import TOVA
 from .uniform import Uniform
 from .visionzip import VisionZip
 from .vispruner import VisPruner
+from .vtw import VTW
 
 __all__ = [
     "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
     "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LongLLMLingua",
     "Method", "PoWERBERT", "Pool", "PerInputTokenMethod", "PrefillMethod", "PromptMethod",
-    "PruneMerge", "PyramidKV", "RandomPrune", "SelectiveContext", "SnapKV", "StreamingLLM", "TOVA",
-    "ToMe", "TokenMethod", "TopK", "Uniform", "VisPruner", "VisionZip", "available", "build",
+    "PruneMerge", "PyramidDrop", "PyramidKV", "RandomPrune", "SelectiveContext", "SnapKV", "SparseVLM", "StreamingLLM", "TOVA",
+    "ToMe", "TokenMethod", "TopK", "Uniform", "VTW", "VisPruner", "VisionZip", "available", "build",
     "describe", "get", "param", "parse_spec", "register",
 ]  # fmt: skip

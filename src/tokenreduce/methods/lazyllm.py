@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import layer_tuple, param, register
-from .prefill import PrefillMethod, prune_ratio_param
+from .prefill import PrefillMethod, prune_ratio_param, stage_ends
 
 
 @register
@@ -54,6 +54,4 @@ class LazyLLM(PrefillMethod):
     def sites(self, num_layers: int) -> tuple[int, ...]:
         if self.layers is not None:
             return self.layers
-        # The last layer of each stage but the final one; a shallow model merges stages.
-        ends = (s * num_layers // self.num_stages - 1 for s in range(1, self.num_stages))
-        return tuple(sorted({min(max(e, 0), num_layers - 2) for e in ends}))
+        return stage_ends(num_layers, self.num_stages)

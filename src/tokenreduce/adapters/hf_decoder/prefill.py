@@ -104,7 +104,8 @@ def pruned_kwargs(model: nn.Module, dl: nn.Module, pr: Pruned, kwargs: dict, dty
 def select(adapter, dl: nn.Module, layer: int, stage: int, h_in: Tensor, out: Tensor,
            position_embeddings) -> Tensor:  # fmt: skip
     """A prefill method's site: rank the candidate prompt tokens by the method's score at this
-    layer, keep the best, and return the hidden states the next layer runs on (B, M, C).
+    layer, keep the best (and the slots the method recycles dropped tokens into), and return
+    the hidden states the next layer runs on (B, M, C).
 
     Candidates are the tokens that ran this layer or, for a method that revives, every prompt
     token (the pruned ones at their stored state)."""
@@ -123,51 +124,83 @@ def select(adapter, dl: nn.Module, layer: int, stage: int, h_in: Tensor, out: Te
         cand, cand_valid = torch.arange(n, device=h_in.device).expand_as(valid), valid
     else:
         states, cand, cand_valid = h_in, index, kept
-    scores = _scores(adapter, dl, layer, states, cand, cand_valid, pad, position_embeddings)
-    protected = _protected(fwd, valid.shape[0], n, method.keep_last, h_in.device)
-    scores = scores.masked_fill(protected.gather(1, cand), float("inf"))
+    protected = _protected(adapter, valid.shape[0], n, h_in.device)
+    ctx = _context(adapter, dl, layer, states, cand, cand_valid, pad, position_embeddings)
+    scores = method.scores(ctx).float().masked_fill(protected.gather(1, cand), float("inf"))
     scores = scores.masked_fill(~cand_valid, float("-inf"))
-    last = len(adapter.sites) - 1
     fixed = (protected & valid).sum(1)  # real tokens no site removes
-    reducible = (lengths - fixed).tolist()
     keep = [adapter.budget.keep(layer, r) + f
-            for r, f in zip(reducible, fixed.tolist(), strict=True)]  # fmt: skip
+            for r, f in zip((lengths - fixed).tolist(), fixed.tolist(), strict=True)]  # fmt: skip
     keep = torch.tensor(keep, device=h_in.device)
     rel, new_kept = keep_per_head(scores[:, None, :], keep)
     rel, new_kept = rel[:, 0], new_kept[:, 0]
+    # every candidate's state after this layer (a revived method's pruned ones unchanged)
+    after = put(states, index, kept, out) if method.revive and pr is not None else out
+    chosen = torch.zeros_like(cand_valid).scatter(1, rel, new_kept)
+    owner = method.recycle(ctx, scores, chosen)
+    if owner is not None:
+        rel, new_kept, after = _recycled(method.name, after, owner, chosen, cand_valid)
+        keep = new_kept.sum(1)
     new_index = cand.gather(1, rel)
-    new_aux = None
-    if method.revive:  # every token's state after this layer (pruned ones unchanged)
-        after = out if pr is None else put(states, index, kept, out)
-        nxt = take(after, new_index)
-        new_aux = after if stage < last else None
-    else:
-        nxt = take(out, rel)
+    new_aux = after if method.revive and stage < len(adapter.sites) - 1 else None
     _record(adapter, stage, n, lengths, new_index.masked_fill(~new_kept, -1))
     fwd.pruned = Pruned(new_index, new_kept, keep, pad, n, valid, new_aux)
-    return nxt
+    return take(after, rel)
 
 
-def _protected(fwd, b: int, n: int, keep_last: int, device) -> Tensor:
-    """(B, n) prompt tokens no site removes: the last ``keep_last`` and those the model
-    family protects (``fwd.protected``: a vision-language model's text)."""
-    last = (torch.arange(n, device=device) >= n - keep_last)[None].expand(b, n)
+def _recycled(name: str, after: Tensor, owner: Tensor, chosen: Tensor,
+              cand_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """The slots a method's :meth:`~tokenreduce.methods.PrefillMethod.recycle` asked for:
+    their candidate indices (B, M), filler first, whether each is real (B, M), and every
+    candidate's state with each slot's the mean of its members' (B, K, C)."""
+    k = owner.shape[1]
+    self_index = torch.arange(k, device=owner.device).expand_as(owner)
+    owner = owner.masked_fill(~cand_valid, -1)
+    slots = owner == self_index
+    joined = owner.clamp_min(0)
+    if bool((chosen & ~slots).any()) or bool(((owner >= 0) & ~slots.gather(1, joined)).any()):
+        raise ValueError(
+            f"{name}.recycle: every chosen token must own its slot, and a token may only join "
+            "a slot whose owner owns itself"
+        )
+    rel, kept = keep_per_head(torch.where(slots, 1.0, float("-inf"))[:, None], slots.sum(1))
+    members = (owner >= 0)[:, :, None].to(after.dtype)
+    sums = torch.zeros_like(after).scatter_add(
+        1, joined[:, :, None].expand_as(after), after * members
+    )
+    count = torch.zeros_like(members).scatter_add(1, joined[:, :, None], members)
+    # a slot alone keeps its state exactly (x / 1); a merged slot is its members' mean
+    return rel[:, 0], kept[:, 0], sums / count.clamp_min(1)
+
+
+def _protected(adapter, b: int, n: int, device) -> Tensor:
+    """(B, n) prompt tokens no site removes: the method's last ``keep_last`` and those the
+    model family protects (``fwd.protected``: a vision-language model's text)."""
+    method, fwd = adapter.method, adapter.current
+    if method.needs_images and fwd.protected is None:
+        raise adapter.not_applied(
+            f"{method.name} removes image tokens, but this prompt's image tokens are unknown "
+            "(call the vision-language model with input_ids holding its image placeholders)"
+        )
+    last = (torch.arange(n, device=device) >= n - method.keep_last)[None].expand(b, n)
     return last if fwd.protected is None else last | fwd.protected.to(device)
 
 
-def _scores(adapter, dl: nn.Module, layer: int, states: Tensor, cand: Tensor,
-            cand_valid: Tensor, pad: Tensor, position_embeddings) -> Tensor:  # fmt: skip
-    """(B, K) the method's score of each candidate, from the last token's attention over the
-    candidates' keys at this layer (RoPE at their original positions)."""
+def _context(adapter, dl: nn.Module, layer: int, states: Tensor, cand: Tensor,
+             cand_valid: Tensor, pad: Tensor, position_embeddings) -> KVContext:  # fmt: skip
+    """What the method reads at a site: the candidates' keys at this layer (RoPE at their
+    original positions), their queries on demand (the last one ranks for most methods), and
+    which of them are text on a vision-language model."""
     attn = dl.self_attn
     x = dl.input_layernorm(states)
     cos, sin = position_embeddings
-    k = keys(attn, x, take(cos, cand), take(sin, cand))
-    q = queries(attn, x, position_embeddings, 1)  # the last token: the last candidate
+    cand_rope = (take(cos, cand), take(sin, cand))
+    k = keys(attn, x, *cand_rope)
     position = (cand - pad[:, None]).masked_fill(~cand_valid, -1)
-    ctx = KVContext(layer, adapter.depth, k, k, cand_valid, position, attn.scaling,
-                    lambda rows: q)  # fmt: skip
-    return adapter.method.scores(ctx).float()
+    protected = adapter.current.protected
+    text = None if protected is None else protected.to(cand.device).gather(1, cand)
+    return KVContext(layer, adapter.depth, k, k, cand_valid, position, attn.scaling,
+                     lambda rows: queries(attn, x, cand_rope, rows), text=text)  # fmt: skip
 
 
 def _record(adapter, stage: int, n: int, lengths: Tensor, kept: Tensor) -> None:
