@@ -45,10 +45,11 @@ def images(batch: int = 3, seed: int = 1) -> torch.Tensor:
 
 def output(out) -> torch.Tensor:
     """A model's main output tensor: the tensor itself (timm), else the logits, the image
-    embedding or the pooled output of a Hugging Face output object."""
+    embedding or the pooled output of a Hugging Face output object, or a diffusers
+    denoiser's ``sample``."""
     if isinstance(out, torch.Tensor):
         return out
-    for key in ("logits", "image_embeds", "pooler_output"):
+    for key in ("logits", "image_embeds", "pooler_output", "sample"):
         value = getattr(out, key, None)
         if value is not None:
             return value

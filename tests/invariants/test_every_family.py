@@ -36,7 +36,10 @@ CASES = [
 def inputs(model: torch.nn.Module, adapter) -> tuple[tuple, dict]:
     """Two images for a vision model; two prompts, the second left-padded, for a decoder; for
     a vision-language model, its family's example batch (prompts with an image each); for a
-    text encoder, two sentences, the second right-padded."""
+    text encoder, two sentences, the second right-padded; for a diffusion model, its
+    family's example batch (two latents at different timesteps, with their conditioning)."""
+    if adapter.kind == "diffusion":
+        return (), adapter.example_batch(model)
     if adapter.kind == "vision":
         return (images(2),), {}
     if adapter.kind == "vision-language":

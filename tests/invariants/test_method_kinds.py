@@ -24,7 +24,7 @@ from ..conftest import make_vit
 
 KINDS = (
     methods.TokenMethod, methods.PerInputTokenMethod, methods.KVCacheMethod, methods.PrefillMethod,
-    methods.PromptMethod,
+    methods.PromptMethod, methods.LocalMethod,
 )  # fmt: skip
 ALL = methods.available()
 

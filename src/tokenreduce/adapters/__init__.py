@@ -7,6 +7,7 @@ from torch import nn
 from ..core.context import ModelInfo
 from ..methods.base import Method
 from .base import Adapter, ReductionNotApplied, Trace
+from .diffusers import DiffusersDiTAdapter, DiffusersUNetAdapter
 from .hf_decoder import HFDecoderAdapter, cache_bytes, cache_kwargs, find_cache, output_cache
 from .hf_encoder import HFEncoderAdapter
 from .hf_vision import HFVisionAdapter
@@ -15,7 +16,7 @@ from .timm_vit import TimmViTAdapter
 
 ADAPTERS: list[type[Adapter]] = [
     TimmViTAdapter, HFDecoderAdapter, HFVisionAdapter, HFLlavaAdapter, HFQwenVLAdapter,
-    HFEncoderAdapter,
+    HFEncoderAdapter, DiffusersDiTAdapter, DiffusersUNetAdapter,
 ]  # fmt: skip
 
 

@@ -30,11 +30,11 @@ class ReductionNotApplied(RuntimeError):
 
 def library_versions() -> str:
     """``"tokenreduce 0.1.0, torch 2.14.1, transformers 5.24.0"``: the versions of this
-    package, torch and whichever model libraries (transformers, timm) are imported."""
+    package, torch and whichever model libraries (transformers, timm, diffusers) are imported."""
     from .. import __version__
 
     parts = [f"tokenreduce {__version__}"]
-    for name in ("torch", "transformers", "timm"):
+    for name in ("torch", "transformers", "timm", "diffusers"):
         module = sys.modules.get(name)
         if module is not None:
             parts.append(f"{name} {getattr(module, '__version__', '?')}")

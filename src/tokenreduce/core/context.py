@@ -11,8 +11,9 @@ from torch import Tensor
 from .scorers import attention_received
 from .state import TokenState
 
-#: the kinds of model an adapter describes ("language": decoders; "text": bidirectional encoders)
-KINDS = ("vision", "language", "vision-language", "text")
+#: the kinds of model an adapter describes ("language": decoders; "text": bidirectional encoders;
+#: "diffusion": denoisers run once per sampling step)
+KINDS = ("vision", "language", "vision-language", "text", "diffusion")
 
 
 @dataclass(frozen=True)

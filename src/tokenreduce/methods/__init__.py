@@ -37,6 +37,7 @@ from .kv_base import KVCacheMethod
 from .kv_random import KVRandom
 from .lazyllm import LazyLLM
 from .llmlingua import LLMLingua
+from .local_base import LocalMethod
 from .longllmlingua import LongLLMLingua
 from .ltp import LTP
 from .pool import Pool
@@ -48,11 +49,13 @@ from .pruning import KeepRatioMethod
 from .pyramiddrop import PyramidDrop
 from .pyramidkv import PyramidKV
 from .random import RandomPrune
+from .random_merge import RandomMerge
 from .selective_context import SelectiveContext
 from .snapkv import SnapKV
 from .sparsevlm import SparseVLM
 from .streamingllm import StreamingLLM
 from .tome import ToMe
+from .tomesd import ToMeSD
 from .topk import TopK
 from .tova import TOVA
 from .uniform import Uniform
@@ -62,9 +65,9 @@ from .vtw import VTW
 
 __all__ = [
     "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
-    "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LongLLMLingua",
+    "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LocalMethod", "LongLLMLingua",
     "Method", "PoWERBERT", "Pool", "PerInputTokenMethod", "PrefillMethod", "PromptMethod",
-    "PruneMerge", "PyramidDrop", "PyramidKV", "RandomPrune", "SelectiveContext", "SnapKV", "SparseVLM", "StreamingLLM", "TOVA",
-    "ToMe", "TokenMethod", "TopK", "Uniform", "VTW", "VisPruner", "VisionZip", "available", "build",
+    "PruneMerge", "PyramidDrop", "PyramidKV", "RandomMerge", "RandomPrune", "SelectiveContext", "SnapKV", "SparseVLM", "StreamingLLM", "TOVA",
+    "ToMe", "ToMeSD", "TokenMethod", "TopK", "Uniform", "VTW", "VisPruner", "VisionZip", "available", "build",
     "describe", "get", "param", "parse_spec", "register",
 ]  # fmt: skip
