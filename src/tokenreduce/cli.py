@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
 
@@ -136,6 +138,37 @@ def bench(
     pictures: Annotated[
         bool, typer.Option(help="Store token-map pictures of a few samples for the report.")
     ] = True,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where configurations are measured: 'local' (one after the other in this "
+            "process) or 'ray' (on the workers of a Ray cluster; needs "
+            'pip install "tokenreduce[ray]"). This process alone writes --db either way.'
+        ),
+    ] = "local",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="--executor ray: workers measuring at the same time, each loading the model "
+            "once and using --threads CPUs (default 1).",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="--executor ray: the cluster to use ('auto', host:port or "
+            "ray://host:10001; default: a local Ray instance started and stopped here)."
+        ),
+    ] = None,
+    ray_retries: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="--executor ray: fresh attempts of a configuration whose worker died or "
+            "failed (default 2).",
+        ),
+    ] = None,
 ) -> None:
     """Measure every token reduction method the task sweeps, at several budgets, plus the
     unreduced baseline, into the results store; then print a table and write the HTML
@@ -145,6 +178,7 @@ def bench(
     from .bench.models import load as load_model
 
     _check_names_and_store(task, methods, budgets, quick, db)
+    where = _check_executor(executor, workers, ray_address, ray_retries)
     threads = threads or metrics.default_threads()
     try:
         loaded = load_model(model)
@@ -168,8 +202,66 @@ def bench(
         "context": context,
         "split": split,
         "fresh": fresh,
+        **where._asdict(),
     }
-    _sweep_and_report(db, out, measured, loaded, configs, recorded, fresh=fresh, pictures=pictures)
+    with _executor_for(where, model, task_cls.name, options) as run_on:
+        _sweep_and_report(
+            db, out, measured, loaded, configs, recorded, fresh=fresh, pictures=pictures,
+            executor=run_on,
+        )  # fmt: skip
+
+
+class Where(NamedTuple):
+    """Where a sweep runs (``bench``'s executor options, checked)."""
+
+    executor: str
+    workers: int
+    ray_address: str | None
+    ray_retries: int
+
+
+def _check_executor(
+    executor: str, workers: int | None, ray_address: str | None, ray_retries: int | None
+) -> Where:
+    """The executor options checked, defaults filled in: options for Ray with the local
+    executor are errors (they would be ignored without a word)."""
+    from .bench.ray_executor import DEFAULT_RETRIES
+
+    if executor not in ("local", "ray"):
+        _fail(f"--executor {executor!r}: use 'local' or 'ray'")
+    if executor == "local":
+        given = [
+            name
+            for name, value in (
+                ("--workers", workers),
+                ("--ray-address", ray_address),
+                ("--ray-retries", ray_retries),
+            )
+            if value is not None
+        ]
+        if given:
+            _fail(f"{', '.join(given)} need(s) --executor ray (the local executor runs here)")
+    retries = DEFAULT_RETRIES if ray_retries is None else ray_retries
+    return Where(executor, workers or 1, ray_address, retries)
+
+
+@contextmanager
+def _executor_for(where: Where, model: str, task: str, options: Any) -> Iterator[Any]:
+    """Yield the sweep's executor: None (the local one), or a Ray executor inside a Ray
+    session (a local instance started here and stopped after, or ``--ray-address``)."""
+    if where.executor == "local":
+        yield None
+        return
+    from .bench.ray_executor import RayExecutor, Recipe, ray_session
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(ray_session(where.ray_address))
+        except (RuntimeError, ConnectionError, ValueError) as err:  # no Ray, no cluster there
+            cluster = where.ray_address or "a local Ray instance"
+            _fail(f"--executor ray: could not start or reach {cluster}: {err}")
+        recipe = Recipe.of(model, task, options)
+        yield RayExecutor(recipe, workers=where.workers, retries=where.ray_retries)
 
 
 def _check_names_and_store(
@@ -265,12 +357,15 @@ def _sweep_and_report(
     *,
     fresh: bool,
     pictures: bool,
+    executor: Any = None,
 ) -> None:
-    """Measure the configurations into the store (resuming unless ``fresh``), print the
-    table and write the HTML report; an interrupt leaves the finished ones stored."""
+    """Measure the configurations into the store (resuming unless ``fresh``) with
+    ``executor`` (None: the local one), print the table and write the HTML report; an
+    interrupt or a failed configuration leaves the finished ones stored."""
     from .bench import configs as cfg
     from .bench import report, runner
     from .bench.progress import listener_for
+    from .bench.ray_executor import SweepFailed
     from .bench.store import Store, StoreError
 
     try:
@@ -293,6 +388,7 @@ def _sweep_and_report(
                     command=_command_line(),
                     options=recorded,
                     listener=listener,
+                    executor=executor,
                 )
         except KeyboardInterrupt:
             typer.secho(
@@ -302,14 +398,24 @@ def _sweep_and_report(
                 fg=typer.colors.YELLOW,
             )
             raise typer.Exit(130) from None
-        except (cfg.ConfigError, ValueError) as err:
+        except SweepFailed as err:
+            _report_retries(err.retried)
+            _fail(f"{err}; every other configuration is stored in {db}")
+        except (cfg.ConfigError, ValueError, RuntimeError) as err:
             _fail(str(err))
+        _report_retries(sweep.retried)
         _print_group(store, sweep.group, configs)
         path = report.write(store, out, only=[sweep.group])
         typer.echo(
             f"{len(sweep.measured)} measured, {len(sweep.skipped)} already stored "
             f"(resumed); results in {db}; report: {path}"
         )
+
+
+def _report_retries(retried: list[str]) -> None:
+    """One line on stderr per failed attempt that the executor retried."""
+    for line in retried:
+        typer.secho(f"retried: {line}", err=True, fg=typer.colors.YELLOW)
 
 
 def _all_kinds() -> tuple[str, ...]:

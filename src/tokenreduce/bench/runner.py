@@ -3,6 +3,11 @@
 Resume is the default: a configuration whose key (task, model, data, setting, config) is
 already stored is skipped, so an interrupted sweep picks up where it stopped. Each result
 is committed with its pictures as soon as it is measured. ``fresh`` re-measures everything.
+
+An :class:`Executor` measures the configurations still to do: :func:`measure_locally` (the
+default) one after the other in this process, :class:`~tokenreduce.bench.ray_executor.
+RayExecutor` on the workers of a Ray cluster. Either way this process alone writes the
+store, so resuming and the ``runs`` bookkeeping do not depend on where rows were measured.
 """
 
 from __future__ import annotations
@@ -34,13 +39,37 @@ class Listener(Protocol):
 
 @dataclass
 class Sweep:
-    """What a sweep did: its run id, the configurations measured now and those skipped."""
+    """What a sweep did: its run id, the configurations measured now and those skipped;
+    ``retried``: one line per failed attempt that an executor retried (a Ray worker that
+    died), empty for the local executor."""
 
     run_id: str
     group: tuple[str, str, str, str]
     measured: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
     status: str = "running"
+
+
+class Executor(Protocol):
+    """Measures ``todo`` (the baseline first when it is in it) and stores each result at once
+    with ``store.add_result(sweep.run_id, key(config), ...)``, appending the configuration to
+    ``sweep.measured``; the baseline's metrics come from the store when it is not in ``todo``.
+    It raises what stops the sweep (``KeyboardInterrupt`` included) after storing every
+    finished result."""
+
+    def __call__(
+        self,
+        store: Store,
+        task: Task,
+        model: nn.Module,
+        key: Callable[[str], Key],
+        todo: list[str],
+        sweep: Sweep,
+        *,
+        pictures: bool,
+        listener: Listener | None,
+    ) -> None: ...
 
 
 def setting_json(task: Task) -> str:
@@ -75,8 +104,10 @@ def run_sweep(
     command: str = "bench",
     options: dict[str, Any] | None = None,
     listener: Listener | None = None,
+    executor: Executor | None = None,
 ) -> Sweep:
-    """Measure ``configs`` (the baseline is always measured or taken from the store first).
+    """Measure ``configs`` (the baseline is always measured or taken from the store first)
+    with ``executor`` (default :func:`measure_locally`).
 
     The run is recorded as ``finished``, ``interrupted`` (Ctrl-C) or ``failed``; finished
     configurations stay stored in every case.
@@ -98,8 +129,9 @@ def run_sweep(
     sweep = Sweep(run_id, key(BASELINE).group(), skipped=skipped)
     if listener:
         listener.sweep_start(todo, skipped)
+    measure = executor or measure_locally
     try:
-        _measure(store, task, model, key, todo, sweep, pictures=pictures, listener=listener)
+        measure(store, task, model, key, todo, sweep, pictures=pictures, listener=listener)
     except KeyboardInterrupt:
         _finish(store, sweep, "interrupted")
         raise
@@ -115,7 +147,7 @@ def baseline_first(configs: list[str]) -> list[str]:
     return [BASELINE, *(c for c in configs if c != BASELINE)]
 
 
-def _measure(
+def measure_locally(
     store: Store,
     task: Task,
     model: nn.Module,
@@ -126,23 +158,56 @@ def _measure(
     pictures: bool,
     listener: Listener | None,
 ) -> None:
-    """Measure and store every configuration of ``todo`` in order, each committed at once,
-    recording it in ``sweep.measured``; the baseline's metrics come from the store when it
-    is not in ``todo``."""
-    stored = store.find(key(BASELINE))
-    baseline = None if BASELINE in todo or stored is None else stored.metrics
+    """The local :class:`Executor`: measure and store every configuration of ``todo`` in
+    order in this process, each committed at once."""
+    baseline = stored_baseline(store, key, todo)
     for config in todo:
         if listener:
             listener.config_start(config, task.steps(config))
         progress = listener.config_step if listener else None
-        values = task.measure(model, config, baseline, progress)
-        images = task.pictures(model, config) if pictures else {}
-        store.add_result(sweep.run_id, key(config), method_of(config), values, images)
+        values, images = measure_one(task, model, config, baseline, pictures, progress)
+        store_one(store, key, sweep, config, values, images)
         if config == BASELINE:
             baseline = values
-        sweep.measured.append(config)
         if listener:
             listener.config_done(config, store.find(key(config)))
+
+
+def stored_baseline(
+    store: Store, key: Callable[[str], Key], todo: list[str]
+) -> dict[str, Any] | None:
+    """The baseline's stored metrics, or None when it is to be measured now (in ``todo``)."""
+    stored = store.find(key(BASELINE))
+    return None if BASELINE in todo or stored is None else stored.metrics
+
+
+def measure_one(
+    task: Task,
+    model: nn.Module,
+    config: str,
+    baseline: dict[str, Any] | None,
+    pictures: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``(metrics, pictures)`` of one configuration: what every executor runs where the model
+    is (the task times the baseline and the configuration side by side in this call, so
+    timings stay paired within one process)."""
+    values = task.measure(model, config, baseline, progress)
+    images = task.pictures(model, config) if pictures else {}
+    return values, images
+
+
+def store_one(
+    store: Store,
+    key: Callable[[str], Key],
+    sweep: Sweep,
+    config: str,
+    values: dict[str, Any],
+    images: dict[str, bytes],
+) -> None:
+    """Commit one measured configuration under the sweep's run and record it as measured."""
+    store.add_result(sweep.run_id, key(config), method_of(config), values, images)
+    sweep.measured.append(config)
 
 
 def _finish(store: Store, sweep: Sweep, status: str) -> None:
