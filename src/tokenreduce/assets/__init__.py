@@ -57,6 +57,7 @@ def _fmnist_vit(file: str | None = None) -> Any:
 
 
 from . import dinov2 as _dinov2  # noqa: E402,F401  (registers "dinov2-small")
+from . import dit_fmnist as _dit_fmnist  # noqa: E402,F401  (registers "dit-fmnist")
 from . import llava_shapes as _llava_shapes  # noqa: E402,F401  (registers "llava-shapes")
 from . import llm as _llm  # noqa: E402,F401  (registers "smollm2", "gemma3-270m")
 from . import minilm as _minilm  # noqa: E402,F401  (registers "all-minilm-l6-v2")

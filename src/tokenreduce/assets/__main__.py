@@ -1,15 +1,16 @@
 """``python -m tokenreduce.assets NAME COMMAND ...``: the commands of an offline asset that is
-built here (``llava-shapes train``, ``llava-shapes evaluate``; ``--help`` lists each one's
+built here (``llava-shapes train``, ``llava-shapes evaluate``, ``dit-fmnist train``,
+``dit-fmnist eval``; ``--help`` lists each one's
 options)."""
 
 from __future__ import annotations
 
 import sys
 
-from . import llava_shapes
+from . import dit_fmnist, llava_shapes
 
 #: asset name -> its command-line entry point (argv without the asset name)
-COMMANDS = {"llava-shapes": llava_shapes.main}
+COMMANDS = {"llava-shapes": llava_shapes.main, "dit-fmnist": dit_fmnist.main}
 
 
 def main(argv: list[str] | None = None) -> None:
