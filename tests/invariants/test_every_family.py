@@ -74,7 +74,10 @@ def test_every_family_runs_every_method_it_accepts(adapter, example, name):
     with tokenreduce.patch(model, identity(name, model)):
         assert torch.equal(output(model(*args, **kwargs)), plain), "zero budget changed outputs"
     with tokenreduce.patch(model, placed(name, model)) as handle:
-        reduced = output(model(*args, **kwargs))  # the guard raises if nothing was reduced
+        # a diffusion model's forward is one denoising step: caching methods reuse features
+        # from the second step of a run on (the same timesteps continue the run)
+        for _ in range(2 if adapter.kind == "diffusion" else 1):
+            reduced = output(model(*args, **kwargs))  # the guard raises if nothing was reduced
     assert handle.gflops() < handle.baseline_gflops() or not torch.equal(reduced, plain)
     assert torch.equal(output(model(*args, **kwargs)), plain), "unpatch left a change"
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())

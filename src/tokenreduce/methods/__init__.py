@@ -54,6 +54,7 @@ from .selective_context import SelectiveContext
 from .snapkv import SnapKV
 from .sparsevlm import SparseVLM
 from .streamingllm import StreamingLLM
+from .toca import ToCa
 from .tome import ToMe
 from .tomesd import ToMeSD
 from .topk import TopK
@@ -68,6 +69,6 @@ __all__ = [
     "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LocalMethod", "LongLLMLingua",
     "Method", "PoWERBERT", "Pool", "PerInputTokenMethod", "PrefillMethod", "PromptMethod",
     "PruneMerge", "PyramidDrop", "PyramidKV", "RandomMerge", "RandomPrune", "SelectiveContext", "SnapKV", "SparseVLM", "StreamingLLM", "TOVA",
-    "ToMe", "ToMeSD", "TokenMethod", "TopK", "Uniform", "VTW", "VisPruner", "VisionZip", "available", "build",
+    "ToCa", "ToMe", "ToMeSD", "TokenMethod", "TopK", "Uniform", "VTW", "VisPruner", "VisionZip", "available", "build",
     "describe", "get", "param", "parse_spec", "register",
 ]  # fmt: skip
