@@ -133,7 +133,10 @@ class _Lift:
         image_slot = torch.full_like(self.red.anchor[images], -1)
         image_slot[kept] = slot[text.numel() :]
         members = self.red.assign[images]
-        target = image_slot.gather(1, members.clamp_min(0)).masked_fill(members < 0, -1)
+        if image_slot.shape[1] == 0:  # every image of the batch kept no token
+            target = torch.full_like(members, -1)
+        else:
+            target = image_slot.gather(1, members.clamp_min(0)).masked_fill(members < 0, -1)
         real = self.real[images]
         assign[s, self.where[images][real]] = target[real]
         weight[s, self.where[images][real]] = self.red.weight[images][real].to(weight.dtype)

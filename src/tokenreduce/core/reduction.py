@@ -200,7 +200,7 @@ class Reduction:
         if not bool((members == members[0]).all()):
             return None
         plan = _fold_plan(self.assign, m, int(members[0]) - m)
-        if int(plan.lead.max()) >= self.num_in:  # a slot without members
+        if plan.lead.numel() and int(plan.lead.max()) >= self.num_in:  # a slot without members
             return None
         return plan
 

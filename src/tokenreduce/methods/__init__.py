@@ -44,6 +44,7 @@ from .pool import Pool
 from .power_bert import PoWERBERT
 from .prefill import PrefillMethod
 from .prompt_base import PromptMethod
+from .prumerge import PruMerge, PruMergePlus
 from .prunemerge import PruneMerge
 from .pruning import KeepRatioMethod
 from .pyramiddrop import PyramidDrop
@@ -68,7 +69,7 @@ __all__ = [
     "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
     "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LocalMethod", "LongLLMLingua",
     "Method", "PoWERBERT", "Pool", "PerInputTokenMethod", "PrefillMethod", "PromptMethod",
-    "PruneMerge", "PyramidDrop", "PyramidKV", "RandomMerge", "RandomPrune", "SelectiveContext", "SnapKV", "SparseVLM", "StreamingLLM", "TOVA",
+    "PruMerge", "PruMergePlus", "PruneMerge", "PyramidDrop", "PyramidKV", "RandomMerge", "RandomPrune", "SelectiveContext", "SnapKV", "SparseVLM", "StreamingLLM", "TOVA",
     "ToCa", "ToMe", "ToMeSD", "TokenMethod", "TopK", "Uniform", "VTW", "VisPruner", "VisionZip", "available", "build",
     "describe", "get", "param", "parse_spec", "register",
 ]  # fmt: skip

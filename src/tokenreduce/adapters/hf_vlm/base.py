@@ -11,7 +11,8 @@ first layer, which runs, like every layer after it, on the kept slots: text toke
 prompt's own padding dropped and shorter samples padded on the left. Each layer's cache holds
 those entries only, so ``generate`` continues on the shorter cache exactly as after a prefill
 method (:mod:`..hf_decoder`). Samples with different numbers of images, or images of different
-sizes, keep different counts. A plain forward returns logits for the kept tokens only.
+sizes, keep different counts, and so do the images of a per-input method (``prumerge``: each
+image its own count; the handoff pads the shorter prompts). A plain forward returns logits for the kept tokens only.
 
 *Prefill* (``fastv``, ``lazyllm``): inside the language model, only image tokens are
 candidates; every text token survives.
@@ -34,7 +35,7 @@ from ...core.context import ModelInfo
 from ...core.handoff import handoff
 from ...core.reduction import Reduction
 from ...core.state import TokenState
-from ...methods.base import Method, TokenMethod
+from ...methods.base import Method, PerInputTokenMethod, SequenceMethod, TokenMethod
 from ...methods.kv_base import KVCacheMethod
 from ...methods.prefill import PrefillMethod
 from ..hf_decoder import HFDecoderAdapter
@@ -61,7 +62,7 @@ class VLMAdapter(HFDecoderAdapter):
     :meth:`image_module` (the module whose forward output is the image tokens),
     :meth:`images` (those tokens, per image) and its ``examples``."""
 
-    accepts = (TokenMethod, PrefillMethod, KVCacheMethod)
+    accepts = (TokenMethod, PerInputTokenMethod, PrefillMethod, KVCacheMethod)
     kind = "vision-language"
     sites = (HANDOFF, "prefill:layer", "kv_cache:prefill", "kv_cache:decode")
     #: ``ModelInfo.family`` prefix, e.g. ``"hf_llava"``
@@ -84,9 +85,10 @@ class VLMAdapter(HFDecoderAdapter):
 
     @classmethod
     def describe_for(cls, model: nn.Module, kind: type[Method]) -> ModelInfo:
-        """A token method sees the handoff alone: one site (0) over each image's tokens."""
+        """A token method (per-input ones too) sees the handoff alone: one site (0) over each
+        image's tokens."""
         info = cls.describe(model)
-        if not issubclass(kind, TokenMethod):
+        if not issubclass(kind, SequenceMethod):
             return info
         prefix = cls.handed_class_token(model)
         return dataclasses.replace(info, num_layers=1, num_prefix=int(prefix),
@@ -128,7 +130,7 @@ class VLMAdapter(HFDecoderAdapter):
     # -- patching -----------------------------------------------------------------------------
     def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__(model, method)
-        self.reduces_images = isinstance(method, TokenMethod)
+        self.reduces_images = isinstance(method, SequenceMethod)
         if self.reduces_images:
             self.prunes_prompt, self.first_pruned = True, 0
         self._images: tuple[Reduction | None, torch.Tensor] | None = None
