@@ -136,12 +136,14 @@ def dpc_knn(x: Tensor, clusters: int, k: int = NEIGHBOURS) -> Tensor:
     row index; a centre is its own).
 
     A row's density is ``exp(-mean squared distance to its k nearest rows)`` (distances over
-    ``sqrt(F)``); its separation the distance to the nearest denser row (the largest distance
+    ``sqrt(F)``; k at most the mean cluster size less one, so that a small cluster's density
+    is measured within it); its separation the distance to the nearest denser row (the largest distance
     for the densest); the ``clusters`` rows of highest density times separation are the
     centres, and every row joins its nearest centre."""
     r = x.shape[0]
     clusters = min(clusters, r)
     d = torch.cdist(x, x) / x.shape[1] ** 0.5
+    k = max(1, min(k, r // clusters - 1))
     near = d.topk(min(k, r - 1) + 1, largest=False).values[:, 1:]
     density = (-(near**2).mean(1)).exp() if r > 1 else torch.ones(1, device=x.device)
     order = torch.arange(r, device=x.device)
