@@ -161,10 +161,13 @@ def label(config: str) -> str:
     except (ValueError, TypeError):  # a stored spec of a method this version lacks
         return config
     fields = [f for f in dataclasses.fields(method) if f.init]
+    # the budget parameter first (fields a whole kind shares, such as ``adaptive``, come
+    # before a method's own in declaration order), then the others that differ
+    budget = next((f for f in fields if f.name == method.budget_param), fields[0])
     changed = [
         f"{f.name}={getattr(method, f.name)!r}".replace(" ", "")
-        for i, f in enumerate(fields)
-        if i == 0 or getattr(method, f.name) != getattr(default, f.name)
+        for f in [budget, *(f for f in fields if f is not budget)]
+        if f is budget or getattr(method, f.name) != getattr(default, f.name)
     ]
     return f"{method.name}:{','.join(changed)}" if changed else method.name
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from ..core.adaptive import RULES, AdaptiveRule, reduce_each
 from ..core.budgets import Budget
 from ..core.context import ModelInfo, TokenContext
 from ..core.reduction import Reduction
@@ -104,19 +106,29 @@ class Range:
         return noun
 
 
-def param(default, *, type: type | None = None, convert: Callable | None = None, **bounds):
+def param(
+    default,
+    *,
+    type: type | None = None,
+    convert: Callable | None = None,
+    optional_in_spec: bool = False,
+    **bounds,
+):
     """A method field with its valid range, checked by :meth:`Method.__post_init__`.
 
     ``r: int = param(8, ge=0)`` accepts integers >= 0; ``keep_ratio: float = param(0.7, gt=0,
     le=1)`` numbers in (0, 1]. The type is the default's unless given (``type=int`` for an
     optional integer whose default is None). ``convert`` turns a value into its stored form
-    before the check (e.g. a list of layers into a tuple). Other keywords: see :class:`Range`.
+    before the check (e.g. a list of layers into a tuple). ``optional_in_spec`` makes the
+    field keyword-only and leaves it out of :func:`describe` at its default (a parameter
+    every method of a kind shares, so the specs of methods that do not set it stay as they
+    were). Other keywords: see :class:`Range`.
     """
     kind = type or (default.__class__ if default is not None else int)
-    meta = {"range": Range(kind, **bounds), "convert": convert}
+    meta = {"range": Range(kind, **bounds), "convert": convert, "in_spec": not optional_in_spec}
     if isinstance(default, (list, dict, set)):
         raise TypeError("param(): use a tuple for a sequence default")
-    return dataclasses.field(default=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta, kw_only=optional_in_spec)
 
 
 def as_tuple(value):
@@ -257,6 +269,9 @@ class SequenceMethod(Method):
     proportional_attention: ClassVar[bool] = False
     #: the method needs a 2-D patch grid (vision only)
     needs_grid: ClassVar[bool] = False
+    #: the method reads the instruction's embeddings (``TokenContext.query``): only sites
+    #: that give them take it (``ModelInfo.gives_query``: a vision-language model's handoff)
+    needs_query: ClassVar[bool] = False
     test_params: ClassVar[dict[str, Any]] = {"layers": (1, 2)}  # blocks of the 4-block models
 
     def reduce(self, ctx: TokenContext, n_remove: int) -> Reduction:
@@ -278,14 +293,102 @@ class SequenceMethod(Method):
                     )
         if self.needs_grid and model.grid is None and not model.grid_per_input:
             raise InvalidParameter(f"{self.name} needs a patch grid; {model.family} has none")
+        if self.needs_query and not model.gives_query:
+            raise InvalidParameter(
+                f"{self.name} ranks tokens by their relevance to the instruction, but "
+                f"{model.family} ({model.kind}) gives no instruction at its sites; it runs on "
+                "vision-language models, at the handoff of the image tokens"
+            )
 
 
+#: the model kinds (``ModelInfo.kind``) whose token sites take per-sample counts: a
+#: vision-language model's handoff pads shorter samples' prompts and masks the padding
+ADAPTIVE_KINDS = ("vision-language",)
+
+
+@dataclasses.dataclass
 class TokenMethod(SequenceMethod):
     """A method that reduces the hidden-state sequence at sites inside the model (vision
-    tokens, text tokens) by the same count in every sample of a batch without padding."""
+    tokens, text tokens) by the same count in every sample of a batch without padding, or,
+    under an adaptive budget, by a count of each sample's own.
+
+    Adaptive budgets (every token method whose budget is a ``keep_ratio``; keyword-only, left
+    out of the spec when unset): ``adaptive`` is None (every sample keeps
+    ``ceil(keep_ratio * n)``) or a rule of :mod:`tokenreduce.core.adaptive` (``'threshold'``,
+    ``'iqr'``, ``'entropy'``) by which the samples of a batch share the same total, each a
+    count proportional to a difficulty estimate from its class-token attention;
+    ``adaptive_k`` is the rule's parameter (``threshold``: t >= 0 on the normalised score,
+    default 1; ``iqr``: the multiplier k >= 0, default 1.5; ``entropy``: none). Specs read
+    ``"visionzip:keep_ratio=0.25,layers=0,adaptive=entropy"``. Sites must take per-sample
+    counts (:data:`ADAPTIVE_KINDS`: a vision-language model's handoff); a method whose budget
+    is not a keep ratio (ToMe's ``r``, pool's kernel) refuses it.
+    """
 
     kind: ClassVar[str] = "tokens"
     kind_words: ClassVar[str] = "token-sequence"
+    adaptive: str | None = param(None, type=str, optional=True, choices=tuple(RULES),
+                                 optional_in_spec=True)  # fmt: skip
+    adaptive_k: float | None = param(None, type=float, optional=True, ge=0,
+                                     optional_in_spec=True)  # fmt: skip
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # Adapters call ``reduce`` with the uniform count; under an adaptive budget the batch
+        # is split into samples with counts of their own, whichever class wrote ``reduce``.
+        own = cls.__dict__.get("reduce")
+        if own is not None and not getattr(own, "adaptive_entry", False):
+            cls.reduce = _adaptive_entry(own)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adaptive is None:
+            check(self.name, "adaptive_k", self.adaptive_k, self.adaptive_k is None,
+                  "None unless adaptive names a rule")  # fmt: skip
+            return
+        if self.budget_param != "keep_ratio":
+            takers = [n for n in available()
+                      if issubclass(get(n), TokenMethod) and get(n).budget_param == "keep_ratio"]  # fmt: skip
+            raise InvalidParameter(
+                f"{self.name}: adaptive={self.adaptive!r} is invalid: an adaptive budget shares "
+                f"a keep_ratio's tokens among the samples, and {self.name}'s budget is "
+                f"{self.budget_param}, which sets no per-sample count; methods that take it: "
+                f"{', '.join(takers)}"
+            )
+        try:
+            AdaptiveRule(self.adaptive, self.adaptive_k)
+        except ValueError as err:
+            raise InvalidParameter(f"{self.name}: adaptive_k={self.adaptive_k!r} is invalid: "
+                                   f"{err}") from None  # fmt: skip
+
+    @property
+    def adaptive_rule(self) -> AdaptiveRule | None:
+        """The rule by which the samples of a batch share its tokens; None when uniform."""
+        return None if self.adaptive is None else AdaptiveRule(self.adaptive, self.adaptive_k)
+
+    def check_model(self, model: ModelInfo) -> None:
+        super().check_model(model)
+        if self.adaptive is not None and model.kind not in ADAPTIVE_KINDS:
+            raise InvalidParameter(
+                f"{self.name}: adaptive={self.adaptive!r} needs sites that take a token count "
+                f"per sample ({' or '.join(ADAPTIVE_KINDS)} models: the handoff pads shorter "
+                f"samples); {model.family} is a {model.kind} model, whose later layers run "
+                f"every sample at one length"
+            )
+
+
+def _adaptive_entry(reduce: Callable[..., Reduction]) -> Callable[..., Reduction]:
+    """``reduce`` as adapters call it: as written for a uniform budget or a batch of one (which
+    keeps the uniform count), else sample by sample at the counts the adaptive rule gives."""
+
+    @functools.wraps(reduce)
+    def entry(self: TokenMethod, ctx: TokenContext, n_remove: int) -> Reduction:
+        rule = self.adaptive_rule
+        if rule is None or ctx.hidden.shape[0] == 1:
+            return reduce(self, ctx, n_remove)
+        return reduce_each(ctx, n_remove, rule, functools.partial(reduce, self))
+
+    entry.adaptive_entry = True
+    return entry
 
 
 class PerInputTokenMethod(SequenceMethod):
@@ -393,6 +496,11 @@ def build(spec: str | Method) -> Method:
 
 
 def describe(method: Method) -> str:
-    """The method as a spec string that :func:`build` turns back into an equal method."""
-    args = ",".join(f"{f.name}={getattr(method, f.name)!r}" for f in dataclasses.fields(method))
+    """The method as a spec string that :func:`build` turns back into an equal method (every
+    field, except those declared ``optional_in_spec`` while at their default)."""
+    fields = dataclasses.fields(method)
+    own = [f for f in fields if f.metadata.get("in_spec", True)]
+    shared = [f for f in fields if f not in own and getattr(method, f.name) != f.default]
+    shown = own + shared
+    args = ",".join(f"{f.name}={getattr(method, f.name)!r}" for f in shown)
     return f"{method.name}:{args}".replace(" ", "") if args else method.name
