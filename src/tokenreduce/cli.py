@@ -339,6 +339,7 @@ def _build_task(
             quick=options.quick,
             kind=task_cls.method_kinds,
             sweep=task_cls.default_sweep(loaded),
+            model_kind=loaded.kind,
         )
         runner.check_configs(loaded.model, configs)
         measured = task_cls.from_options(loaded, options)

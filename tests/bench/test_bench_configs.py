@@ -21,6 +21,17 @@ def test_default_sweep_covers_every_vision_method():
     assert sorted(cfg.method_of(c) for c in quick[1:]) == sorted(cfg.token_methods())
 
 
+def test_image_only_methods_are_left_out_for_a_text_model():
+    """A language-model task sweeps fastv and pyramiddrop on any model, vtw and sparsevlm
+    only on a vision-language one; named explicitly, they are the user's choice."""
+    kinds = ("kv_cache", "prefill")
+    text = {cfg.method_of(c) for c in cfg.resolve(None, depth=4, kind=kinds, model_kind="lm")}
+    vlm = {cfg.method_of(c) for c in cfg.resolve(None, depth=4, kind=kinds, model_kind="vlm")}
+    assert {"fastv", "pyramiddrop"} <= text and not {"vtw", "sparsevlm"} & text
+    assert vlm - text == {"vtw", "sparsevlm"}
+    assert cfg.method_of(cfg.resolve("vtw", depth=4, kind=kinds, model_kind="lm")[1]) == "vtw"
+
+
 def test_default_layers_follow_depth():
     for depth, layers in [(12, (3, 6, 9)), (4, (1, 2, 3)), (24, (6, 12, 18))]:
         (evit,) = cfg.resolve("evit", depth=depth, quick=True)[1:]

@@ -39,11 +39,17 @@ def default_sweep(name: str, depth: int, quick: bool = False) -> list[str]:
     return [methods.describe(m) for m in methods.get(name).default_sweep(depth, quick)]
 
 
-def default_methods(kind: str | tuple[str, ...] = "tokens") -> list[str]:
+def default_methods(
+    kind: str | tuple[str, ...] = "tokens", model_kind: str | None = None
+) -> list[str]:
     """The methods a sweep of ``kind`` (one method kind or several) runs when none are named:
-    :data:`DEFAULT_METHODS` for those kinds, else every registered method of them."""
+    :data:`DEFAULT_METHODS` for those kinds, else every registered method of them. Methods
+    that act on image tokens only (``needs_images``: ``vtw``, ``sparsevlm``) are left out
+    unless the model is a vision-language one (``model_kind`` ``"vlm"``, or None: any)."""
     kinds = frozenset((kind,) if isinstance(kind, str) else kind)
-    return list(DEFAULT_METHODS.get(kinds, token_methods(tuple(kinds))))
+    names = DEFAULT_METHODS.get(kinds, token_methods(tuple(kinds)))
+    images = model_kind in (None, "vlm")
+    return [n for n in names if images or not getattr(methods.get(n), "needs_images", False)]
 
 
 def token_methods(kind: str | tuple[str, ...] = "tokens") -> list[str]:
@@ -98,6 +104,7 @@ def resolve(
     quick: bool = False,
     kind: str | tuple[str, ...] = "tokens",
     sweep: Callable[[str, int, bool], list[str]] | None = None,
+    model_kind: str | None = None,
 ) -> list[str]:
     """The configurations of a sweep, baseline first, duplicates removed.
 
@@ -113,6 +120,8 @@ def resolve(
         sweep: the default budgets of one method, ``sweep(name, depth, quick)``, for a task
             whose default budgets differ (:meth:`Task.default_sweep`); None for
             :func:`default_sweep`.
+        model_kind: the loaded model's kind (``LoadedModel.kind``), which narrows the
+            default methods (:func:`default_methods`); None: not known yet.
     """
     explicit: dict[str, list[str]] = {}
     for spec in split_specs(budgets):
@@ -120,7 +129,7 @@ def resolve(
         explicit.setdefault(name, []).append(canonical(spec))
     names = _parse_method_names(method_names)
     if names is None:
-        names = list(explicit) if explicit else default_methods(kind)
+        names = list(explicit) if explicit else default_methods(kind, model_kind)
     allowed = token_methods(kind)
     kinds = " or ".join(repr(k) for k in ((kind,) if isinstance(kind, str) else kind))
     for name in [*names, *explicit]:
