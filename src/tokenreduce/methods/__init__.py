@@ -56,6 +56,7 @@ from .snapkv import SnapKV
 from .sparsevlm import SparseVLM
 from .streamingllm import StreamingLLM
 from .toca import ToCa
+from .tofu import ToFu
 from .tome import ToMe
 from .tomesd import ToMeSD
 from .topk import TopK
@@ -70,6 +71,6 @@ __all__ = [
     "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LocalMethod", "LongLLMLingua",
     "Method", "PoWERBERT", "Pool", "PerInputTokenMethod", "PrefillMethod", "PromptMethod",
     "PruMerge", "PruMergePlus", "PruneMerge", "PyramidDrop", "PyramidKV", "RandomMerge", "RandomPrune", "SelectiveContext", "SnapKV", "SparseVLM", "StreamingLLM", "TOVA",
-    "ToCa", "ToMe", "ToMeSD", "TokenMethod", "TopK", "Uniform", "VTW", "VisPruner", "VisionZip", "available", "build",
+    "ToCa", "ToFu", "ToMe", "ToMeSD", "TokenMethod", "TopK", "Uniform", "VTW", "VisPruner", "VisionZip", "available", "build",
     "describe", "get", "param", "parse_spec", "register",
 ]  # fmt: skip

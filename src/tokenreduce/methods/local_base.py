@@ -51,8 +51,8 @@ class LocalSite:
     downsampling factor of the block's grid relative to the model's input latents (1 = the
     highest resolution, then 2, 4, 8). ``hidden`` (B, N, C): the block's input tokens in
     raster order of ``grid`` (H, W), H * W == N. ``timestep`` (B,) float: each sample's
-    denoising timestep in this forward (the seed of its random draws). ``step``: how many
-    forwards of the current sampling run came before this one (0 at its first step).
+    denoising timestep in this forward (the seed of its random draws). ``num_sites``: how
+    many sites the model has (the site's place in the depth).
     """
 
     site: int
@@ -60,7 +60,7 @@ class LocalSite:
     hidden: Tensor
     grid: tuple[int, int]
     timestep: Tensor
-    step: int = 0
+    num_sites: int = 1
 
     @property
     def num_tokens(self) -> int:

@@ -172,7 +172,8 @@ class DiffusionAdapter(Adapter):
                 f"the {self._grid[0]}x{self._grid[1]} grid of its input"
             )
         self.trace.state = TokenState.initial(b, n, 0, x.device)
-        site = LocalSite(index, level, x, self._grid, self._timestep)
+        site = LocalSite(index, level, x, self._grid, self._timestep,
+                         num_sites=len(self.site_specs))  # fmt: skip
         self._plan = self.run.plan(site)
 
     def _sublayer_forward(self, index: int, part: str, module: nn.Module) -> Callable:
