@@ -114,9 +114,7 @@ def test_killed_worker_is_replaced_and_its_configuration_retried(tmp_path, tiny_
     assert statuses == ["finished"]
 
 
-def test_retries_used_up_report_the_configuration_and_fail_the_run(
-    tmp_path, tiny_ckpt, idx_dir
-):
+def test_retries_used_up_report_the_configuration_and_fail_the_run(tmp_path, tiny_ckpt, idx_dir):
     worker_cls = _dying_worker(tmp_path, "tome:r=2", times=99)
     error, rows, statuses = _sweep(tmp_path, tiny_ckpt, idx_dir, worker_cls, retries=1)
     assert isinstance(error, SweepFailed)
