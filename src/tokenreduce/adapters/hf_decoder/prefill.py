@@ -152,7 +152,7 @@ def _recycled(name: str, after: Tensor, owner: Tensor, chosen: Tensor,
               cand_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """The slots a method's :meth:`~tokenreduce.methods.PrefillMethod.recycle` asked for:
     their candidate indices (B, M), filler first, whether each is real (B, M), and every
-    candidate's state with each slot's the mean of its members' (B, K, C)."""
+    candidate's state, each slot's being the mean of its members' (B, K, C)."""
     k = owner.shape[1]
     self_index = torch.arange(k, device=owner.device).expand_as(owner)
     owner = owner.masked_fill(~cand_valid, -1)
@@ -169,8 +169,10 @@ def _recycled(name: str, after: Tensor, owner: Tensor, chosen: Tensor,
         1, joined[:, :, None].expand_as(after), after * members
     )
     count = torch.zeros_like(members).scatter_add(1, joined[:, :, None], members)
-    # a slot alone keeps its state exactly (x / 1); a merged slot is its members' mean
-    return rel[:, 0], kept[:, 0], sums / count.clamp_min(1)
+    # a slot alone keeps its state exactly (x / 1), a merged slot is its members' mean; the
+    # others keep theirs (a reviving method's stored state of a token that left)
+    merged = torch.where(slots[:, :, None], sums / count.clamp_min(1), after)
+    return rel[:, 0], kept[:, 0], merged
 
 
 def _protected(adapter, b: int, n: int, device) -> Tensor:
