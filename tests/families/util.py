@@ -5,4 +5,8 @@ from __future__ import annotations
 from tokenreduce.methods import available, get
 from tokenreduce.methods.base import TokenMethod
 
-TOKEN_METHODS = [n for n in available() if issubclass(get(n), TokenMethod)]
+#: the token methods the test-only families take (none gives the instruction ``needs_query``
+#: methods read; those run on the real vision-language families)
+TOKEN_METHODS = [
+    n for n in available() if issubclass(get(n), TokenMethod) and not get(n).needs_query
+]

@@ -18,8 +18,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 def fits(adapter, method) -> bool:
     """Whether the family can take the method: a text encoder has no patch grid, a text-only
-    language model no image tokens."""
+    language model no image tokens, and only a vision-language model gives the instruction a
+    method may read (``needs_query``)."""
     if adapter.kind == "language" and getattr(method, "needs_images", False):
+        return False
+    if adapter.kind != "vision-language" and getattr(method, "needs_query", False):
         return False
     return not (adapter.kind == "text" and getattr(method, "needs_grid", False))
 

@@ -30,8 +30,10 @@ ALL = methods.available()
 
 
 def info(depth: int) -> ModelInfo:
-    """A model of ``depth`` blocks with a class token and a 4 x 4 patch grid."""
-    return ModelInfo("test", num_layers=depth, num_prefix=1, has_class_token=True, grid=(4, 4))
+    """A model of ``depth`` blocks with a class token and a 4 x 4 patch grid, whose sites give
+    the instruction (so every method's budget and sweep can be asked)."""
+    return ModelInfo("test", num_layers=depth, num_prefix=1, has_class_token=True, grid=(4, 4),
+                     gives_query=True)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ALL)

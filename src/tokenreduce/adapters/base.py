@@ -197,6 +197,7 @@ class Adapter:
         bias: torch.Tensor | None,
         outside: tuple[torch.Tensor, torch.Tensor] | None = None,
         info: ModelInfo | None = None,
+        query: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Reduction | None:
         """What the method does at ``layer`` under its budget, for tokens ``x`` (B, N, C) in
         the current token state; None where the budget removes nothing. A ragged state (a
@@ -206,11 +207,13 @@ class Adapter:
         compares tokens by, as one head); ``bias`` the additive attention logit bias;
         ``outside`` the (B, H, 1, D) query and key of a class token that is not among the
         tokens (:attr:`TokenContext.class_query`); ``info`` the facts of this input when they
-        differ from the model's (an image's own patch grid).
+        differ from the model's (an image's own patch grid); ``query`` the instruction's
+        token embeddings (B, T, C) and their mask (B, T) (:attr:`TokenContext.query`).
         """
         state = self.trace.state
         info = self.info if info is None else info
-        ctx = TokenContext(layer, x, q, k, state, info, scale, bias, *(outside or ()))
+        ctx = TokenContext(layer, x, q, k, state, info, scale, bias,
+                           *(outside or (None, None)), *(query or (None, None)))  # fmt: skip
         keep = partial(self.budget.keep, layer)
         if state.ragged:
             return reduce_per_sample(ctx, keep, self.method.reduce)

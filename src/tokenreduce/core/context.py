@@ -38,6 +38,9 @@ class ModelInfo:
     #: no configured grid (``grid`` None), but every input has a patch grid of its own, given
     #: to the method at each site (images of any size in a vision-language model)
     grid_per_input: bool = False
+    #: the sites give the instruction's token embeddings (:attr:`TokenContext.query`): a
+    #: vision-language model's handoff, where the prompt's text is known
+    gives_query: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -65,6 +68,12 @@ class TokenContext:
     #: model's vision tower computes one but hands over only the patch tokens), or None
     class_query: Tensor | None = None
     class_key: Tensor | None = None
+    #: (B, T, C) the instruction's token embeddings in the space of ``hidden`` (on a
+    #: vision-language model, the language model's input embeddings of the prompt's text
+    #: tokens, for each image those of the prompt that holds it), with ``query_mask`` (B, T)
+    #: True at real text tokens; None where the model gives none (``ModelInfo.gives_query``)
+    query: Tensor | None = None
+    query_mask: Tensor | None = None
 
     def sample(self, sample: int, index: Tensor) -> TokenContext:
         """The context of one sample restricted to its tokens at ``index`` (n,), as a batch of
@@ -73,7 +82,7 @@ class TokenContext:
         if bias is not None:
             bias = bias[sample : sample + 1, ..., index]
         one = slice(sample, sample + 1)
-        outside = (self.class_query, self.class_key)
+        per_sample = (self.class_query, self.class_key, self.query, self.query_mask)
         return TokenContext(
             self.layer,
             self.hidden[sample, index][None],
@@ -83,7 +92,7 @@ class TokenContext:
             self.model,
             self.scale,
             bias,
-            *(None if t is None else t[one] for t in outside),
+            *(None if t is None else t[one] for t in per_sample),
         )
 
     @property

@@ -93,7 +93,7 @@ class VLMAdapter(HFDecoderAdapter):
         prefix = cls.handed_class_token(model)
         return dataclasses.replace(info, num_layers=1, num_prefix=int(prefix),
                                    has_class_token=prefix or cls.tower_class_token(model),
-                                   sites=(HANDOFF,))  # fmt: skip
+                                   sites=(HANDOFF,), gives_query=True)  # fmt: skip
 
     @classmethod
     def decoder(cls, model: nn.Module) -> nn.Module:
@@ -134,6 +134,9 @@ class VLMAdapter(HFDecoderAdapter):
         if self.reduces_images:
             self.prunes_prompt, self.first_pruned = True, 0
         self._images: tuple[Reduction | None, torch.Tensor] | None = None
+        # a method that reads the instruction reduces the images once the prompt is known
+        self._pending: Images | None = None
+        self._prompt: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._placeholders: torch.Tensor | None = None
         self._handed = False
         self._image_state: TokenState | None = None
@@ -161,6 +164,7 @@ class VLMAdapter(HFDecoderAdapter):
     def _read_prompt(self, model, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self._placeholders = None if ids is None else ids == model.config.image_token_id
+        self._prompt = None if ids is None else (ids, kwargs.get("attention_mask"))
 
     # -- the handoff site -----------------------------------------------------------------------
     def _reduce_images(self, module, args, kwargs, output) -> None:
@@ -169,16 +173,22 @@ class VLMAdapter(HFDecoderAdapter):
         model's next prefill."""
         self.site_fired()
         images = self.images(args, kwargs, output)
-        self._images = self.reduce_images(images)
+        if self.method.needs_query:  # ``generate`` encodes images before reading the prompt
+            self._images, self._pending = None, images
+        else:
+            self._images = self.reduce_images(images)
 
-    def reduce_images(self, images: Images) -> tuple[Reduction | None, torch.Tensor]:
+    def reduce_images(
+        self, images: Images, query: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[Reduction | None, torch.Tensor]:
         """The reduction of the images' tokens (I, N_max) and each image's token count (I,):
-        one batched call when the images are alike, one per image otherwise."""
+        one batched call when the images are alike, one per image otherwise. ``query``: each
+        image's instruction embeddings (I, T, C) and mask (I, T) (:meth:`_query`)."""
         sizes = [f.shape[0] for f in images.features]
         lengths = torch.tensor(sizes, device=images.features[0].device)
         alike = len(set(sizes)) == 1 and len(set(images.grids)) == 1
         groups = [list(range(len(sizes)))] if alike else [[i] for i in range(len(sizes))]
-        parts = [self._reduce_group(images, g) for g in groups]
+        parts = [self._reduce_group(images, g, query) for g in groups]
         real = torch.arange(max(sizes), device=lengths.device)[None, :] < lengths[:, None]
         start = TokenState.initial(len(sizes), max(sizes), self.info.num_prefix,
                                    lengths.device, valid=real)  # fmt: skip
@@ -195,7 +205,7 @@ class VLMAdapter(HFDecoderAdapter):
         self._image_state = start.apply(red)
         return red, lengths
 
-    def _reduce_group(self, images: Images, group: list[int]) -> Reduction | None:
+    def _reduce_group(self, images: Images, group: list[int], query=None) -> Reduction | None:
         """One site call over the images ``group``, all of one size and grid."""
         x = torch.stack([images.features[i] for i in group])
         info = dataclasses.replace(self.info, grid=images.grids[group[0]])
@@ -205,7 +215,26 @@ class VLMAdapter(HFDecoderAdapter):
         else:  # compare tokens by their features, as one head
             q = k = x[:, None]
             scale, outside = x.shape[-1] ** -0.5, None
-        return self.reduction(0, x, q, k, scale, None, outside, info=info)
+        if query is not None:
+            query = tuple(t[group] for t in query)
+        return self.reduction(0, x, q, k, scale, None, outside, info=info, query=query)
+
+    def _query(self, images: Images, placeholders: torch.Tensor) -> tuple:
+        """Each image's instruction: the language model's input embeddings of the text tokens
+        (neither image placeholders nor padding) of the prompt that holds the image, (I, L, C),
+        with their mask (I, L). Image i fills the placeholders after those of images < i."""
+        ids, mask = self._prompt
+        text = ~placeholders if mask is None else ~placeholders & mask.bool()
+        embeds = self.model.get_input_embeddings()(ids)
+        lengths = torch.tensor([f.shape[0] for f in images.features], device=ids.device)
+        flat = placeholders.reshape(-1).nonzero().squeeze(1)
+        if flat.numel() != int(lengths.sum()):
+            raise self.not_applied(
+                f"the prompt has {flat.numel()} image placeholder tokens for images of "
+                f"{lengths.tolist()} tokens, so the images' prompts are unknown"
+            )
+        owner = flat[lengths.cumsum(0) - lengths] // ids.shape[1]
+        return embeds[owner], text[owner]
 
     def _before_forward(self, module, args, kwargs):
         args, kwargs = super()._before_forward(module, args, kwargs)
@@ -220,6 +249,11 @@ class VLMAdapter(HFDecoderAdapter):
         return args, kwargs
 
     def _hand_over(self, fwd, placeholders: torch.Tensor | None) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and placeholders is not None and bool(placeholders.any()):
+            self._images = self.reduce_images(pending, self._query(pending, placeholders))
+        elif pending is not None:  # refused below like any images without placeholders
+            self._images = (None, None)
         images, self._images = self._images, None
         # the images' token state (I, N): ``handle.state`` after a forward that had images
         if images is None:
