@@ -184,7 +184,7 @@ class Hallucination(UntimedQuestions):
         q = self.questions
         per_split = split_metrics(answers.words, q.answers, q.qtypes)
         flat = {f"{s}_{k}": v for s, figures in per_split.items() for k, v in figures.items()}
-        base = baseline or {}
+        base = baseline or flat  # the baseline is its own reference
         changes = {
             f"{s}_false_yes_delta": _delta(flat[f"{s}_false_yes"], base.get(f"{s}_false_yes"))
             for s in SAMPLINGS
