@@ -108,7 +108,10 @@ def sampling_scheduler() -> Any:
     """The sampling scheduler: DPM-Solver++ (order 2) on the training noise schedule."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(**NOISE_CONFIG, algorithm_type="dpmsolver++", solver_order=2)
+    # from_config keeps the noise schedule and drops what only DDPM knows (clip_sample)
+    return DPMSolverMultistepScheduler.from_config(
+        noise_scheduler().config, algorithm_type="dpmsolver++", solver_order=2
+    )
 
 
 def to_model_space(images: Any) -> Any:
@@ -418,18 +421,23 @@ def train(opts: TrainOptions, log: Any = print) -> dict[str, Any]:
 # --- evaluation ----------------------------------------------------------------------------
 
 
-def class_predictions(classifier: Any, images: Any, batch_size: int = 256) -> Any:
-    """The demo ViT's (``assets.load("fmnist-vit")``) predicted classes (N,) for uint8
-    images (N, 28, 28), preprocessed as its ``pretrained_cfg`` asks (56 x 56, normalised)."""
+def classifier_outputs(classifier: Any, images: Any, batch_size: int = 256) -> tuple[Any, Any]:
+    """``(features (N, D), predicted classes (N,))`` of the demo ViT (``assets.load(
+    "fmnist-vit")``) on uint8 images (N, 28, 28), preprocessed as its ``pretrained_cfg`` asks
+    (56 x 56, normalised); the features are its pooled embedding (the class token after the
+    final norm, before the head), the feature space of a Frechet distance."""
     import torch
 
     from ..data.fashion_mnist import preprocess
 
-    out = []
+    features, predicted = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            out.append(classifier(preprocess(images[i : i + batch_size], classifier)).argmax(-1))
-    return torch.cat(out)
+            tokens = classifier.forward_features(preprocess(images[i : i + batch_size], classifier))
+            pooled = classifier.forward_head(tokens, pre_logits=True)
+            features.append(pooled)
+            predicted.append(classifier.head(pooled).argmax(-1))
+    return torch.cat(features), torch.cat(predicted)
 
 
 def sample_grid(images: Any, columns: int) -> Any:
@@ -470,7 +478,7 @@ def class_consistency(
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
         images.append(dit.generate(chunk, steps, guidance, gens))
     images = torch.cat(images)
-    right = class_predictions(load_asset("fmnist-vit"), images) == labels
+    right = classifier_outputs(load_asset("fmnist-vit"), images)[1] == labels
     result = {
         "n": len(labels),
         "accuracy": float(right.float().mean()),

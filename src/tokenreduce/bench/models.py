@@ -2,7 +2,8 @@
 
 In order:
 
-1. a bundled asset name (``tokenreduce.assets.available()``, e.g. ``fmnist-vit``);
+1. a bundled asset name (``tokenreduce.assets.available()``, e.g. ``fmnist-vit``); a
+   diffusion asset (``dit-fmnist``) is benchmarked as its denoiser, its sampler kept beside it;
 2. a local checkpoint: a ``.safetensors`` file, or a folder holding ``model.safetensors``.
    The architecture comes from, in order:
 
@@ -44,17 +45,28 @@ import tokenreduce
 
 #: the task ``tokenreduce bench`` runs on a model of each kind when ``--task`` is not given
 #: (a vision model's depends on its head: :attr:`LoadedModel.default_task`)
-DEFAULT_TASKS = {"lm": "niah", "vlm": "vqa", "encoder": "sentence-fidelity"}
+DEFAULT_TASKS = {
+    "lm": "niah",
+    "vlm": "vqa",
+    "encoder": "sentence-fidelity",
+    "diffusion": "generation",
+}
 #: the kinds of :attr:`LoadedModel.kind` in words, for error messages
 KIND_WORDS = {
     "lm": "a language model",
     "vlm": "a vision-language model",
     "vision": "a vision model",
     "encoder": "a text encoder",
+    "diffusion": "a diffusion model",
 }
 #: :attr:`LoadedModel.kind` by the kind ``tokenreduce.describe`` answers; models of the kinds
 #: not listed are vision models
-_KINDS = {"language": "lm", "vision-language": "vlm", "text": "encoder"}
+_KINDS = {
+    "language": "lm",
+    "vision-language": "vlm",
+    "text": "encoder",
+    "diffusion": "diffusion",
+}
 
 
 class ModelError(ValueError):
@@ -67,8 +79,11 @@ class LoadedModel:
 
     ``kind`` is ``"lm"`` for a decoder language model (``tokenizer`` set), ``"encoder"`` for
     a text encoder such as BERT (``tokenizer`` set), ``"vlm"`` for a vision-language model
-    (``processor``: its processor of images and prompts) and ``"vision"`` otherwise
-    (``processor``: the Hugging Face image processor, when the source has one).
+    (``processor``: its processor of images and prompts), ``"diffusion"`` for a diffusion
+    asset (``model``: its denoiser; ``processor``: its sampler, e.g. ``dit-fmnist``'s
+    :class:`~tokenreduce.assets.dit_fmnist.DiTFashionMNIST` with its scheduler) and
+    ``"vision"`` otherwise (``processor``: the Hugging Face image processor, when the source
+    has one).
     """
 
     model: nn.Module
@@ -113,6 +128,8 @@ def load(spec: str) -> LoadedModel:
         except FileNotFoundError as err:  # an asset whose trained weights are not there yet
             raise ModelError(f"--model {spec!r}: {err}") from None
         model, extra = loaded if isinstance(loaded, tuple) else (loaded, None)
+        if hasattr(loaded, "transformer"):  # a diffusion asset: the denoiser and its sampler
+            model, extra = loaded.transformer, loaded
         return _loaded(model.eval(), spec, "asset", extra)
     path = Path(spec).expanduser()
     if path.is_dir() and _hf_config(path) is not None:
@@ -124,7 +141,8 @@ def load(spec: str) -> LoadedModel:
 
 def _loaded(model: nn.Module, name: str, source: str, extra: Any) -> LoadedModel:
     """A checked :class:`LoadedModel`; ``extra`` is the tokenizer of a language model or
-    the (image) processor of a vision or vision-language model."""
+    the (image) processor of a vision or vision-language model, or the sampler of a diffusion
+    model."""
     kind = check_supported(model, name)
     if kind in ("lm", "encoder"):
         return LoadedModel(model, name, source, kind, tokenizer=extra)

@@ -202,6 +202,7 @@ from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, 
     classification,  # encoder: sentence-fidelity, retrieval, text-probe)
     encoder,
     fidelity,
+    generation,
     hallucination,
     longcontext,
     perplexity,
