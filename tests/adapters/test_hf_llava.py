@@ -43,19 +43,28 @@ def generate(model, ids, mask, px, steps: int = 4):
     return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, 1)
 
 
+def batched_equals_alone(model, method) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts with one and two images (different kept counts), left-padded, generate under
+    ``method`` as each alone (asserted). Returns the ids, the mask and the prompt tokens kept
+    at the last site (B, M), -1 for filler."""
+    rows = [prompt(1, 0), prompt(2, 1)]
+    ids, mask = left_pad(rows)
+    px = pixels(3)
+    with tokenreduce.patch(model, method) as handle:
+        batched, scores = generate(model, ids, mask, px)
+        kept = handle.trace.prefill_kept[-1]
+        alone = [generate(model, rows[0], torch.ones_like(rows[0]), px[:1]),
+                 generate(model, rows[1], torch.ones_like(rows[1]), px[1:])]  # fmt: skip
+    assert torch.equal(batched, torch.cat([a[0] for a in alone]))
+    torch.testing.assert_close(scores, torch.cat([a[1] for a in alone]), atol=1e-4, rtol=1e-4)
+    return ids, mask, kept
+
+
 @pytest.mark.parametrize("name", TOKEN_METHODS)
 @torch.no_grad()
 def test_batched_generate_equals_samples_one_by_one(llava, name):
-    rows = [prompt(1, 0), prompt(2, 1)]  # one image, then two: different kept counts
-    ids, mask = left_pad(rows)
-    px = pixels(3)
-    with tokenreduce.patch(llava, placed(name, llava)) as handle:
-        batched, scores = generate(llava, ids, mask, px)
-        kept = handle.trace.prefill_kept[0]
-        alone = [generate(llava, rows[0], torch.ones_like(rows[0]), px[:1]),
-                 generate(llava, rows[1], torch.ones_like(rows[1]), px[1:])]  # fmt: skip
-    assert torch.equal(batched, torch.cat([a[0] for a in alone]))
-    torch.testing.assert_close(scores, torch.cat([a[1] for a in alone]), atol=1e-4, rtol=1e-4)
+    ids, mask, kept = batched_equals_alone(llava, placed(name, llava))
+    rows = [prompt(1, 0), prompt(2, 1)]
     lengths = (kept >= 0).sum(1)
     assert lengths[0] < rows[0].shape[1] and lengths[1] < rows[1].shape[1]  # images reduced
     for b in range(2):  # every text token survives, at its own place
@@ -122,17 +131,7 @@ def test_a_token_method_has_one_site_the_handoff(llava):
 @pytest.mark.parametrize("name", ["fastv", "lazyllm"])
 @torch.no_grad()
 def test_prefill_methods_prune_image_tokens_only(llava, name):
-    rows = [prompt(1, 0), prompt(2, 1)]
-    ids, mask = left_pad(rows)
-    px = pixels(3)
-    method = get(name).for_tests(prune_ratio=0.5)
-    with tokenreduce.patch(llava, method) as handle:
-        batched, scores = generate(llava, ids, mask, px)
-        kept = handle.trace.prefill_kept[-1]
-        alone = [generate(llava, rows[0], torch.ones_like(rows[0]), px[:1]),
-                 generate(llava, rows[1], torch.ones_like(rows[1]), px[1:])]  # fmt: skip
-    assert torch.equal(batched, torch.cat([a[0] for a in alone]))
-    torch.testing.assert_close(scores, torch.cat([a[1] for a in alone]), atol=1e-4, rtol=1e-4)
+    ids, mask, kept = batched_equals_alone(llava, get(name).for_tests(prune_ratio=0.5))
     for b, images in enumerate((1, 2)):
         real = set(mask[b].nonzero().squeeze(1).tolist())
         text = {i for i in real if ids[b, i] != IMAGE}

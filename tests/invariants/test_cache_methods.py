@@ -18,7 +18,7 @@ from tokenreduce import methods
 from tokenreduce.adapters.hf_decoder import cache_bytes, output_cache
 from tokenreduce.methods.base import InvalidParameter
 
-from ..lmutil import PROMPT, cache_lengths, generate, info, left_pad, make, prompt_keep
+from ..lmutil import PROMPT, cache_lengths, generate, info, make, prompt_keep
 
 transformers = pytest.importorskip("transformers")
 
@@ -256,19 +256,9 @@ def llava():
 def test_prefill_on_images_batched_equals_per_sample(name, llava):
     """Prompts with one and two images, left-padded, generate as each alone; every text token
     stays, and image tokens go."""
-    from ..adapters.test_hf_llava import IMAGE, pixels, prompt
-    from ..adapters.test_hf_llava import generate as run
+    from ..adapters.test_hf_llava import IMAGE, batched_equals_alone
 
-    rows = [prompt(1, 0), prompt(2, 1)]
-    ids, mask = left_pad(rows)
-    px = pixels(3)
-    with tokenreduce.patch(llava, methods.get(name).for_tests()) as handle:  # a heavy budget
-        tokens, scores = run(llava, ids, mask, px)
-        kept = handle.trace.prefill_kept[-1]
-        alone = [run(llava, rows[0], torch.ones_like(rows[0]), px[:1]),
-                 run(llava, rows[1], torch.ones_like(rows[1]), px[1:])]  # fmt: skip
-    assert torch.equal(tokens, torch.cat([a[0] for a in alone]))
-    torch.testing.assert_close(scores, torch.cat([a[1] for a in alone]), atol=1e-4, rtol=1e-4)
+    ids, mask, kept = batched_equals_alone(llava, methods.get(name).for_tests())  # heavy
     for b in range(2):
         real = mask[b] == 1
         text = ((ids[b] != IMAGE) & real).nonzero().squeeze(1).tolist()
