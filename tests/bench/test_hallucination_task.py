@@ -130,9 +130,8 @@ def test_summary_says_which_way_the_false_yes_rate_moves():
 
 # -- rows ------------------------------------------------------------------------------------
 def test_refuses_questions_that_are_not_pope():
-    _, processor = tiny_llava_shapes()
     with pytest.raises(ValueError, match="needs POPE questions"):
-        Hallucination(processor, scenes_vqa("test", count=3))
+        Hallucination(None, scenes_vqa("test", count=3))  # refused before the processor
 
 
 def test_cli_stores_baseline_and_reduced_rows(tmp_path):

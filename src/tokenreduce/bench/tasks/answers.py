@@ -11,7 +11,16 @@ from typing import Any
 from torch import nn
 
 from ..measure import Steps, reduced_model
+from . import Column, Plot
 from .vqa import VisualQuestionAnswering
+
+#: the mean image tokens the language model ran on (:attr:`Answers.visual_tokens`)
+VISUAL_TOKENS = Column("visual_tokens", "visual tokens / image", ".1f", False)
+
+
+def tokens_plot(y: str, y_label: str) -> Plot:
+    """A Pareto plot of the metric ``y`` against the visual tokens per image (fewer is better)."""
+    return Plot("visual_tokens", y, "visual tokens per image", y_label, x_higher_is_better=False)
 
 
 @dataclass
@@ -74,4 +83,4 @@ class UntimedQuestions(VisualQuestionAnswering):
         return out
 
 
-__all__ = ["Answers", "UntimedQuestions"]
+__all__ = ["VISUAL_TOKENS", "Answers", "UntimedQuestions", "tokens_plot"]

@@ -27,8 +27,8 @@ from torch import nn
 
 from ..configs import BASELINE, label
 from ..measure import Steps, check_ints
-from . import Column, Metrics, Options, Plot, register
-from .answers import UntimedQuestions
+from . import Column, Metrics, Options, register
+from .answers import VISUAL_TOKENS, UntimedQuestions, tokens_plot
 from .vqa import _digest
 
 #: POPE's three ways to choose absent objects (:data:`tokenreduce.data.vqa.NEGATIVE_SAMPLING`)
@@ -121,23 +121,11 @@ class Hallucination(UntimedQuestions):
         Column("recall", "recall % (shared)", ".1f", True),
         *_split_columns(),
         Column("unclear", "neither yes nor no %", ".1f", False),
-        Column("visual_tokens", "visual tokens / image", ".1f", False),
+        VISUAL_TOKENS,
     )
     plots = (
-        Plot(
-            "visual_tokens",
-            "adversarial_f1",
-            "visual tokens per image",
-            "F1 on the adversarial split (%)",
-            x_higher_is_better=False,
-        ),
-        Plot(
-            "visual_tokens",
-            "random_f1",
-            "visual tokens per image",
-            "F1 on the random split (%)",
-            x_higher_is_better=False,
-        ),
+        tokens_plot("adversarial_f1", "F1 on the adversarial split (%)"),
+        tokens_plot("random_f1", "F1 on the random split (%)"),
     )
 
     def __init__(
@@ -149,10 +137,6 @@ class Hallucination(UntimedQuestions):
         threads: int = 1,
         max_new_tokens: int = 4,
     ) -> None:
-        super().__init__(
-            processor, questions, batch_size=batch_size, threads=threads,
-            max_new_tokens=max_new_tokens,
-        )  # fmt: skip
         odd_types = set(questions.qtypes) - {"positive", *SAMPLINGS}
         odd_answers = set(questions.answers) - {"yes", "no"}
         if odd_types or odd_answers:
@@ -161,6 +145,10 @@ class Hallucination(UntimedQuestions):
                 f"{', '.join(SAMPLINGS)}; answers yes, no); got types {sorted(odd_types)} and "
                 f"answers {sorted(odd_answers)} besides"
             )
+        super().__init__(
+            processor, questions, batch_size=batch_size, threads=threads,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
         self._data_id = f"hallucination:{questions.name}:n={len(questions)}#{_digest(questions)}"
 
     @classmethod

@@ -38,7 +38,7 @@ from torch import nn
 from ..configs import BASELINE, label
 from ..measure import Steps, check_ints
 from . import Column, Metrics, Options, Plot, register
-from .answers import UntimedQuestions
+from .answers import VISUAL_TOKENS, UntimedQuestions, tokens_plot
 from .vqa import (
     _digest,
     accuracy_by_type,
@@ -162,7 +162,7 @@ class PositionBias(UntimedQuestions):
         Column("accuracy_by_cell", "accuracy % per cell (rows)", "s"),
         Column("accuracy_spread", "spread (max-min)", ".1f", False),
         Column("accuracy_std", "std across cells", ".1f", False),
-        Column("visual_tokens", "visual tokens / image", ".1f", False),
+        VISUAL_TOKENS,
         Column("kept_kl", "KL kept vs uniform (nats)", ".3f", False),
         Column("kept_row", "kept centre row (0 top)", ".3f"),
         Column("kept_col", "kept centre col (0 left)", ".3f"),
@@ -177,13 +177,7 @@ class PositionBias(UntimedQuestions):
             "accuracy (%)",
             x_higher_is_better=False,
         ),
-        Plot(
-            "visual_tokens",
-            "accuracy",
-            "visual tokens per image",
-            "accuracy (%)",
-            x_higher_is_better=False,
-        ),
+        tokens_plot("accuracy", "accuracy (%)"),
     )
 
     def __init__(
