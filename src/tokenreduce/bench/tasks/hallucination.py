@@ -113,8 +113,8 @@ class Hallucination(UntimedQuestions):
     name = "hallucination"
     description = (
         "object hallucination: POPE-style yes/no presence questions with random, popular and "
-        "adversarial absent objects; false-yes rate, precision, recall, F1 (vision-language "
-        "models)"
+        "adversarial absent objects: false-yes rate, precision, recall and F1 "
+        "(vision-language models)"
     )
     splits = ()
     columns = (
