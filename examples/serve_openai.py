@@ -94,10 +94,9 @@ class ReducedChatAPI(ls.LitAPI):
         self.model, self.tokenizer = load_lm(self.model_source)
         self.model.to(device)
         self.method = servable_method(self.method_spec)
-        self.scorer = None
-        if isinstance(self.method, PromptMethod):
+        self.scorer = self.handle = None
+        if isinstance(self.method, PromptMethod):  # rewrites the prompt; the model stays as is
             self.scorer = prompt.Scorer(self.model, self.tokenizer)
-            self.handle = tokenreduce.patch(self.model, None)
         else:  # None patches nothing but keeps the same handle and code path
             self.handle = tokenreduce.patch(self.model, self.method)
 
