@@ -202,7 +202,7 @@ def bench(
         "context": context,
         "split": split,
         "fresh": fresh,
-        **where._asdict(),
+        **where.recorded(),
     }
     with _executor_for(where, model, task_cls.name, options) as run_on:
         _sweep_and_report(
@@ -219,17 +219,27 @@ class Where(NamedTuple):
     ray_address: str | None
     ray_retries: int
 
+    def recorded(self) -> dict[str, Any]:
+        """What the run's options record: the Ray options only for a sweep on Ray."""
+        return self._asdict() if self.executor == "ray" else {"executor": self.executor}
+
 
 def _check_executor(
     executor: str, workers: int | None, ray_address: str | None, ray_retries: int | None
 ) -> Where:
-    """The executor options checked, defaults filled in: options for Ray with the local
-    executor are errors (they would be ignored without a word)."""
-    from .bench.ray_executor import DEFAULT_RETRIES
+    """The executor options checked, defaults filled in, before the model is loaded: Ray
+    must be installed for ``ray``, and options for Ray with the local executor are errors
+    (they would be ignored without a word)."""
+    from .bench.ray_executor import DEFAULT_RETRIES, import_ray
 
     if executor not in ("local", "ray"):
         _fail(f"--executor {executor!r}: use 'local' or 'ray'")
-    if executor == "local":
+    if executor == "ray":
+        try:
+            import_ray()
+        except RuntimeError as err:
+            _fail(str(err))
+    else:
         given = [
             name
             for name, value in (
@@ -257,7 +267,7 @@ def _executor_for(where: Where, model: str, task: str, options: Any) -> Iterator
     with ExitStack() as stack:
         try:
             stack.enter_context(ray_session(where.ray_address))
-        except (RuntimeError, ConnectionError, ValueError) as err:  # no Ray, no cluster there
+        except (RuntimeError, ConnectionError, ValueError) as err:  # no cluster there
             cluster = where.ray_address or "a local Ray instance"
             _fail(f"--executor ray: could not start or reach {cluster}: {err}")
         recipe = Recipe.of(model, task, options)

@@ -67,14 +67,14 @@ def test_ray_sweep_stores_what_the_local_sweep_stores(tmp_path, idx_dir):
     assert ray.is_initialized()  # the command left the instance it did not start running
 
 
-def _sweep(tmp_path: Path, ckpt: Path, data: Path, worker_cls: type, retries: int):
-    """Run ``CONFIGS`` on Ray with ``worker_cls`` into a fresh store; return (sweep or the
-    error raised, stored rows, run statuses)."""
+def _sweep(tmp_path: Path, ckpt: Path, data: Path, worker_cls: type, retries: int, workers: int):
+    """Run ``CONFIGS`` on ``workers`` Ray workers of ``worker_cls`` into a fresh store; return
+    (sweep or the error raised, stored rows, run statuses)."""
     options = tasks.Options(threads=1, limit=20, batch_size=10, repeats=1, warmup=0, data=data)
     loaded = models.load(str(ckpt))
     task = tasks.get("classification").from_options(loaded, options)
     recipe = Recipe.of(str(ckpt), "classification", options)
-    executor = RayExecutor(recipe, workers=2, retries=retries, worker_cls=worker_cls)
+    executor = RayExecutor(recipe, workers=workers, retries=retries, worker_cls=worker_cls)
     db = tmp_path / "ray.db"
     with Store.open(db) as store:
         try:
@@ -106,7 +106,7 @@ def _dying_worker(marker_dir: Path, config: str, times: int) -> type:
 
 def test_killed_worker_is_replaced_and_its_configuration_retried(tmp_path, tiny_ckpt, idx_dir):
     worker_cls = _dying_worker(tmp_path, "tome:r=2", times=1)
-    sweep, rows, statuses = _sweep(tmp_path, tiny_ckpt, idx_dir, worker_cls, retries=2)
+    sweep, rows, statuses = _sweep(tmp_path, tiny_ckpt, idx_dir, worker_cls, retries=2, workers=2)
     assert sorted(config for _, config, _ in rows) == sorted(CONFIGS)  # each exactly once
     assert rows[0][1] == "baseline"  # measured and stored before the others were handed out
     assert sorted(sweep.measured) == sorted(CONFIGS)
@@ -115,14 +115,15 @@ def test_killed_worker_is_replaced_and_its_configuration_retried(tmp_path, tiny_
 
 
 def test_retries_used_up_report_the_configuration_and_fail_the_run(tmp_path, tiny_ckpt, idx_dir):
-    worker_cls = _dying_worker(tmp_path, "tome:r=2", times=99)
-    error, rows, statuses = _sweep(tmp_path, tiny_ckpt, idx_dir, worker_cls, retries=1)
+    # one worker, dying on the last configuration: the fewest workers to start
+    worker_cls = _dying_worker(tmp_path, "tome:r=3", times=99)
+    error, rows, statuses = _sweep(tmp_path, tiny_ckpt, idx_dir, worker_cls, retries=1, workers=1)
     assert isinstance(error, SweepFailed)
-    assert list(error.failed) == ["tome:r=2"]
-    assert "tome:r=2" in str(error) and "1 configuration(s) failed" in str(error)
-    assert [line.split(" (")[0] for line in error.retried] == ["tome:r=2", "tome:r=2"]
+    assert list(error.failed) == ["tome:r=3"]
+    assert "tome:r=3" in str(error) and "1 configuration(s) failed" in str(error)
+    assert [line.split(" (")[0] for line in error.retried] == ["tome:r=3", "tome:r=3"]
     assert "attempt 2 of 2" in error.retried[1]
-    assert sorted(config for _, config, _ in rows) == ["baseline", "tome:r=1", "tome:r=3"]
+    assert sorted(config for _, config, _ in rows) == ["baseline", "tome:r=1", "tome:r=2"]
     assert statuses == ["failed"]
 
 
@@ -144,7 +145,7 @@ def test_executor_options_are_checked(tmp_path, tiny_ckpt, idx_dir, extra, messa
     assert not (tmp_path / "r.db").exists()  # refused before anything was measured
 
 
-def test_ray_is_optional(monkeypatch):
+def test_ray_is_optional(monkeypatch, tmp_path, tiny_ckpt, idx_dir):
     code = (
         "import sys, tokenreduce, tokenreduce.cli, tokenreduce.bench.runner, "
         "tokenreduce.bench.ray_executor; sys.exit('ray' in sys.modules)"
@@ -154,3 +155,7 @@ def test_ray_is_optional(monkeypatch):
     with pytest.raises(RuntimeError, match="--executor ray needs Ray; install it with") as err:
         import_ray()
     assert RAY_INSTALL in str(err.value)
+    args = fast_args(tiny_ckpt, idx_dir, tmp_path / "r.db", tmp_path / "r.html")
+    result = CliRunner().invoke(app, ["bench", *args, "--executor", "ray"])
+    assert result.exit_code == 2
+    assert RAY_INSTALL in result.output

@@ -71,8 +71,10 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
     shut down on exit (which stops a local instance, and only disconnects from a cluster)."""
     ray = import_ray()
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False)
+    if started and address:
+        ray.init(address=address)
+    elif started:  # a local instance for this command alone: no dashboard to start and serve
+        ray.init(include_dashboard=False)
     try:
         yield ray
     finally:
@@ -164,6 +166,8 @@ class RayExecutor:
         """Measure ``todo`` on the cluster, storing each result here as it arrives; raise
         :class:`SweepFailed` after the others are stored when some configuration failed on
         every attempt (the baseline at once: the others need it)."""
+        if not todo:  # everything stored already: no worker to start
+            return
         baseline = stored_baseline(store, key, todo)
 
         def store_result(config: str, values: dict[str, Any], images: dict[str, bytes]) -> None:
