@@ -105,3 +105,15 @@ def test_unpatch_restores_outputs_state_and_modules():
         assert not block._forward_pre_hooks
         assert all("forward" not in m.__dict__ for m in (block.attn1, block.ff))
     assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+@torch.no_grad()
+def test_a_self_attention_mask_over_reduced_tokens_is_refused():
+    model, batch = model_and_batch("diffusers_pixart")
+    block = model.transformer_blocks[0]
+    hidden = torch.randn(2, 64, 16)
+    mask = torch.zeros(2, 1, 64)
+    with tokenreduce.patch(model, "tomesd"):
+        model(**batch)
+        with pytest.raises(ValueError, match="self-attention mask over its image tokens"):
+            block.attn1(hidden, attention_mask=mask)

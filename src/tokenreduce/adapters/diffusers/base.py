@@ -184,6 +184,8 @@ class DiffusionAdapter(Adapter):
             context = kwargs.get("encoder_hidden_states", args[0] if args else None)
 
             def sublayer(x: torch.Tensor) -> torch.Tensor:
+                if part == "attn1" and x.shape[1] != hidden_states.shape[1]:
+                    _refuse_token_mask(kwargs.get("attention_mask"), index)
                 kv = x.shape[1] if context is None or part != "attn2" else context.shape[1]
                 self._record(index, part, hidden_states.shape[1], x.shape[1], kv)
                 return original(module, x, *args, **kwargs)
@@ -223,6 +225,15 @@ class DiffusionAdapter(Adapter):
                 if getattr(spec.block, part, None) is not None:
                     calls.append(SublayerCall(index, part, n, n, n if part == "attn1" else 1))
         return calls
+
+
+def _refuse_token_mask(mask: torch.Tensor | None, site: int) -> None:
+    """A self-attention mask over the image tokens no longer fits once they are reduced."""
+    if mask is not None:
+        raise ValueError(
+            f"block {site} was given a self-attention mask over its image tokens, which a "
+            "reduction of those tokens cannot carry; run this model without one or with ratio=0"
+        )
 
 
 def sublayer_macs(block: nn.Module, call: SublayerCall) -> float:
