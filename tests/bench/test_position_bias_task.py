@@ -21,6 +21,7 @@ from tokenreduce.bench.tasks.position_bias import (
     centre_of_mass,
     kl_from_uniform,
     object_patches,
+    pooled,
 )
 from tokenreduce.cli import app
 from tokenreduce.data.vqa import COLORS, SceneObject, cell_of, grid_scenes_vqa, render_scene
@@ -81,6 +82,20 @@ def test_kl_from_uniform():
         kl_from_uniform(np.zeros(4))
 
 
+def test_a_lattice_is_concentrated_per_patch_but_even_over_regions():
+    lattice = np.zeros((8, 8))
+    lattice[::2, ::2] = 1.0  # every other patch: a quarter, the same ones every time
+    assert kl_from_uniform(lattice) == pytest.approx(math.log(4))
+    assert kl_from_uniform(*pooled(lattice, 4)) == pytest.approx(0.0)
+    bottom = np.zeros((8, 8))
+    bottom[6:] = 1.0  # the last quarter of the sequence
+    assert kl_from_uniform(*pooled(bottom, 4)) == pytest.approx(math.log(4))
+    sums, sizes = pooled(np.ones((7, 7)), 4)  # uneven blocks: weighed by their patches
+    assert sizes[0].tolist() == [4, 4, 4, 2] and kl_from_uniform(sums, sizes) == pytest.approx(0)
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        kl_from_uniform(np.ones(4), np.zeros(4))
+
+
 def test_centre_of_mass_and_accuracy_per_cell():
     bottom = np.zeros((4, 4))
     bottom[3] = 1.0
@@ -121,6 +136,7 @@ def test_metrics_of_a_mask_that_keeps_the_bottom_row(task_and_model):
     words[0] = "nothing"  # one wrong answer, in cell 0
     m = task._position_metrics(words, kept, {"accuracy": 100.0})
     assert m["visual_tokens"] == 8 and m["kept_kl"] == pytest.approx(math.log(8))
+    assert m["kept_kl_regions"] == pytest.approx(math.log(4))  # all in the bottom region row
     assert m["kept_row"] == pytest.approx(15 / 16) and m["kept_col"] == pytest.approx(0.5)
     assert m["accuracy_per_cell"] == [50.0] + [100.0] * 8
     assert m["accuracy_spread"] == 50.0 and m["accuracy_by_cell"].startswith("50 100 100 / ")
@@ -149,6 +165,7 @@ def test_a_reduction_keeps_a_quarter_and_its_positions_are_recorded(rows, config
     assert m["visual_tokens"] == 16 and m["visual_share"] == 0.25
     assert sum(m["kept_share_map"]) == pytest.approx(16)
     assert 0.0 < m["kept_kl"] <= math.log(4) + 1e-9  # at most: the same 16 patches every time
+    assert 0.0 <= m["kept_kl_regions"] <= math.log(16)
     if m["accuracy_kept"] is not None:
         assert m["accuracy_kept"] == pytest.approx(100 * m["accuracy"] / rows[BASELINE]["accuracy"])
 
@@ -166,12 +183,13 @@ def test_pictures_are_the_two_heatmaps(task_and_model, rows):
 
 def test_summary_names_the_most_concentrated_and_the_widest_spread():
     def row(kl: float, spread: float) -> dict:
-        return {"kept_kl": kl, "kept_row": 0.7, "kept_col": 0.5, "accuracy_spread": spread}
+        return {"kept_kl": kl, "kept_kl_regions": kl / 2, "kept_row": 0.7, "kept_col": 0.5,
+                "accuracy_spread": spread}  # fmt: skip
 
     rows = [(BASELINE, row(0.0, 10.0)), (TOPK, row(0.9, 40.0)),
             ("uniform:keep_ratio=0.25,layers=(0,)", row(0.05, 15.0))]  # fmt: skip
     concentrated, spread = get("position-bias").summary(rows)
-    assert concentrated.startswith("kept tokens most concentrated: topk")
+    assert concentrated.startswith("kept tokens most skewed: topk")
     assert "least: uniform" in concentrated
     assert "topk" in spread and "40.0 points (the full model's: 10.0)" in spread
 

@@ -12,10 +12,13 @@ position is asked about equally often, and records for every configuration:
   full model's accuracy kept, as ``vqa`` does;
 * **where the kept visual tokens lie**: for every patch of the image's token grid, the share
   of questions whose reduction kept it (a merged token counts at its own patch, its anchor);
-  the **KL divergence** (nats) of the kept tokens' position distribution from uniform, and
-  their centre of mass (row 0 = top, 1 = bottom; column 0 = left, 1 = right). Objects are
-  spread evenly over the cells, so an unbiased selection that follows content averages out
-  near uniform, and a selection that keeps the same places whatever the image does not;
+  the **KL divergence** (nats) of the kept tokens' position distribution from uniform, per
+  patch (how much the selection keeps the same patches whatever the image: a fixed random or
+  lattice subset of a quarter of the patches reaches its maximum, log 4) and over 4 x 4
+  regions (large-scale skew: a lattice is uniform there, a selection favouring the bottom of
+  the image is not), and their centre of mass (row 0 = top, 1 = bottom; column 0 = left, 1 =
+  right). Objects are spread evenly over the cells, so an unbiased selection that follows
+  content averages out near uniform;
 * **the object's patches kept**: the share of the patches the object covers whose token
   survived, overall and per cell: where a method loses the object, it cannot answer.
 
@@ -50,6 +53,9 @@ from .vqa import (
 GRID = 3
 #: rounds over the grid's cells (two questions per image) by default and with ``--quick``
 DEFAULT_ROUNDS, QUICK_ROUNDS = 8, 1
+#: regions per side the kept-token share is pooled into for the large-scale index (a fixed
+#: lattice of every other patch is uniform at this scale; the patch-level KL is not)
+REGIONS = 4
 #: share of a patch's pixels the object must cover to count as one of its patches
 OBJECT_COVER = 0.25
 #: channel spread above which a pixel is coloured (the object), not the grey background
@@ -57,16 +63,31 @@ COLOURED = 40
 
 
 # -- pure measures ---------------------------------------------------------------------------
-def kl_from_uniform(counts: np.ndarray) -> float:
+def kl_from_uniform(counts: np.ndarray, sizes: np.ndarray | None = None) -> float:
     """KL divergence (nats) of the distribution ``counts`` (any shape, non-negative, not all
-    zero) from the uniform distribution over its entries: 0 when every entry is equal, at
-    most ``log(n)`` when one entry holds everything. Raises ``ValueError`` otherwise."""
+    zero) from the uniform distribution over its entries, or, with ``sizes`` (same shape,
+    positive), from the distribution proportional to ``sizes`` (regions of unequal size): 0
+    when the two agree, at most ``log(n)`` when one of n equal entries holds everything.
+    Raises ``ValueError`` otherwise."""
     counts = np.asarray(counts, dtype=np.float64).ravel()
     if counts.size == 0 or (counts < 0).any() or counts.sum() <= 0:
         raise ValueError("counts must be non-negative with a positive sum")
-    p = counts / counts.sum()
+    q = np.ones_like(counts) if sizes is None else np.asarray(sizes, np.float64).ravel()
+    if q.shape != counts.shape or (q <= 0).any():
+        raise ValueError(f"sizes must be positive, one per count; got {q.shape} for {counts.shape}")
+    p, q = counts / counts.sum(), q / q.sum()
     nonzero = p > 0
-    return float(np.sum(p[nonzero] * np.log(p[nonzero] * p.size)))
+    return float(np.sum(p[nonzero] * np.log(p[nonzero] / q[nonzero])))
+
+
+def pooled(share: np.ndarray, regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(sums, sizes)``: ``share`` (H, W) summed over a ``regions`` x ``regions`` split into
+    blocks as even as the grid allows, and the patches in each block."""
+    rows = np.array_split(np.arange(share.shape[0]), regions)
+    cols = np.array_split(np.arange(share.shape[1]), regions)
+    sums = np.array([[share[np.ix_(r, c)].sum() for c in cols] for r in rows])
+    sizes = np.array([[len(r) * len(c) for c in cols] for r in rows])
+    return sums, sizes
 
 
 def centre_of_mass(share: np.ndarray) -> tuple[float, float]:
@@ -164,6 +185,7 @@ class PositionBias(UntimedQuestions):
         Column("accuracy_std", "std across cells", ".1f", False),
         VISUAL_TOKENS,
         Column("kept_kl", "KL kept vs uniform (nats)", ".3f", False),
+        Column("kept_kl_regions", "KL over 4x4 regions (nats)", ".3f", False),
         Column("kept_row", "kept centre row (0 top)", ".3f"),
         Column("kept_col", "kept centre col (0 left)", ".3f"),
         Column("object_kept", "object patches kept %", ".1f", True),
@@ -263,6 +285,7 @@ class PositionBias(UntimedQuestions):
         side = math.isqrt(kept.shape[1])
         share = kept.mean(0).reshape(side, side)
         row, col = centre_of_mass(share)
+        regions = pooled(share, min(REGIONS, side))
         objects = np.stack(
             [object_patches(q.images[q.image_index[i]], (side, side)) for i in range(len(q))]
         )
@@ -284,6 +307,7 @@ class PositionBias(UntimedQuestions):
             "visual_share": float(kept.mean()),
             "kept_share_map": share.ravel().tolist(),
             "kept_kl": kl_from_uniform(share),
+            "kept_kl_regions": kl_from_uniform(*regions),
             "kept_row": row,
             "kept_col": col,
             "object_kept": 100.0 * float(on_object.mean()),
@@ -318,24 +342,25 @@ class PositionBias(UntimedQuestions):
     # -- findings -------------------------------------------------------------------------------
     @classmethod
     def summary(cls, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
-        """The configurations whose kept tokens are the most and the least concentrated (KL
-        from uniform, centre of mass), and the largest spread of accuracy across object
-        positions against the full model's own."""
-        reduced = [(c, m) for c, m in rows if c != BASELINE and "kept_kl" in m]
+        """The configurations whose kept tokens are the most and the least skewed over the
+        image's regions (KL over 4 x 4 regions, the patch-level KL and the centre of mass), and
+        the largest spread of accuracy across object positions against the full model's own."""
+        reduced = [(c, m) for c, m in rows if c != BASELINE and "kept_kl_regions" in m]
         if not reduced:
             return []
-        most = max(reduced, key=lambda cm: cm[1]["kept_kl"])
-        least = min(reduced, key=lambda cm: cm[1]["kept_kl"])
+        most = max(reduced, key=lambda cm: cm[1]["kept_kl_regions"])
+        least = min(reduced, key=lambda cm: cm[1]["kept_kl_regions"])
         widest = max(reduced, key=lambda cm: cm[1]["accuracy_spread"])
 
         def where(cm: tuple[str, dict[str, Any]]) -> str:
             c, m = cm
             return (
-                f"{label(c)} (KL {m['kept_kl']:.3f} nats, centre row {m['kept_row']:.2f}, "
+                f"{label(c)} (KL {m['kept_kl_regions']:.3f} nats over regions, "
+                f"{m['kept_kl']:.3f} per patch; centre row {m['kept_row']:.2f}, "
                 f"column {m['kept_col']:.2f})"
             )
 
-        lines = [f"kept tokens most concentrated: {where(most)}; least: {where(least)}"]
+        lines = [f"kept tokens most skewed: {where(most)}; least: {where(least)}"]
         base = dict(rows).get(BASELINE, {})
         own = base.get("accuracy_spread")
         lines.append(
@@ -354,4 +379,5 @@ __all__ = [
     "centre_of_mass",
     "kl_from_uniform",
     "object_patches",
+    "pooled",
 ]
