@@ -225,14 +225,15 @@ def _pct(metrics: dict[str, Any], split: str, key: str) -> str:
 
 def _direction(reduced: list[tuple[str, dict[str, Any]]], base: dict[str, Any], split: str) -> str:
     """One line: how many of the ``reduced`` rows raise / lower ``split``'s false-yes rate
-    against ``base``, and the lowest one with its recall."""
+    against ``base``, and the lowest one (of those, the highest recall) with its recall."""
     key = f"{split}_false_yes"
     rated = [(c, m) for c, m in reduced if m.get(key) is not None]
     if not rated or base.get(key) is None:
         return f"{split}: no false-yes rate to compare"
     up = sum(m[key] > base[key] for _, m in rated)
     down = sum(m[key] < base[key] for _, m in rated)
-    c, m = min(rated, key=lambda cm: cm[1][key])
+    # among equal rates, the one that still finds the most present objects
+    c, m = min(rated, key=lambda cm: (cm[1][key], -(cm[1].get("recall") or 0.0)))
     return (
         f"{split}: {up} of {len(rated)} configurations raise the false-yes rate "
         f"({base[key]:.1f}% unreduced), {down} lower it; lowest: {label(c)}, {m[key]:.1f}% "
