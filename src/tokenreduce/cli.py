@@ -157,8 +157,9 @@ def bench(
     ray_address: Annotated[
         str | None,
         typer.Option(
-            help="--executor ray: the cluster to use ('auto', host:port or "
-            "ray://host:10001; default: a local Ray instance started and stopped here)."
+            help="--executor ray: the cluster to use ('auto': the one RAY_ADDRESS or 'ray "
+            "start' on this machine names; host:port; ray://host:10001). Default: a new local "
+            "Ray instance, started and stopped here."
         ),
     ] = None,
     ray_retries: Annotated[

@@ -38,7 +38,7 @@ CONFIGS = ["baseline", "tome:r=1", "tome:r=2", "tome:r=3"]
 def local_ray():
     """One small local Ray instance for the module; the executor uses it as it is and does
     not shut it down."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -66,15 +66,16 @@ def import_ray() -> Any:
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[Any]:
     """Yield ``ray`` connected to a cluster: the one already initialised in this process as
-    it is, else ``address`` (``ray.init(address=...)``: ``auto``, ``host:port`` or
-    ``ray://host:10001``), else a local instance started here. Only a connection made here is
+    it is, else ``address`` (``ray.init(address=...)``: ``auto`` for the one ``RAY_ADDRESS``
+    or ``ray start`` on this machine names, ``host:port`` or ``ray://host:10001``), else a
+    new local instance started here (without a dashboard). Only a connection made here is
     shut down on exit (which stops a local instance, and only disconnects from a cluster)."""
     ray = import_ray()
     started = not ray.is_initialized()
     if started and address:
         ray.init(address=address)
-    elif started:  # a local instance for this command alone: no dashboard to start and serve
-        ray.init(include_dashboard=False)
+    elif started:  # a new local instance for this command alone, even beside a running one
+        ray.init(address="local", include_dashboard=False)
     try:
         yield ray
     finally:
