@@ -332,7 +332,10 @@ class PositionBias(UntimedQuestions):
         ).reshape(self.grid, self.grid)
         return {
             "kept-positions": heatmap_png(
-                share.reshape(side, side), f"kept share · KL {metrics['kept_kl']:.3f}", 1.0, ".2f"
+                share.reshape(side, side),
+                f"kept · KL {metrics['kept_kl']:.2f}, regions {metrics['kept_kl_regions']:.2f}",
+                1.0,
+                ".2f",
             ),
             "accuracy-by-position": heatmap_png(
                 cells, f"accuracy % · spread {metrics['accuracy_spread']:.0f}", 100.0, ".0f"
