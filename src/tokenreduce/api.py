@@ -8,7 +8,7 @@ from . import adapters
 from .adapters import Adapter, Trace, find_adapter
 from .core.context import ModelInfo
 from .core.state import TokenState
-from .methods.base import Method, available, build, get
+from .methods.base import InvalidParameter, Method, available, build, get
 
 _ATTR = "_tokenreduce_handle"
 
@@ -100,12 +100,19 @@ def describe(model: nn.Module, kind: type[Method] | None = None) -> ModelInfo:
 
 def _unreduced(adapter: type[Adapter], model: nn.Module) -> Method:
     """A method of a kind ``adapter`` takes, placed in ``model`` at the budget that removes
-    nothing (the first registered such method, so the choice is stable)."""
+    nothing (the first registered such method that fits the model, so the choice is stable:
+    one that needs what the model lacks, such as an instruction, is passed over)."""
     for name in available():
         cls = get(name)
         if issubclass(cls, adapter.accepts):
-            depth = adapter.describe_for(model, cls).num_layers
-            return cls(**{cls.budget_param: cls.budget_identity}, **cls.placement(depth))
+            info = adapter.describe_for(model, cls)
+            place = cls.placement(info.num_layers)
+            method = cls(**{cls.budget_param: cls.budget_identity}, **place)
+            try:
+                method.check_model(info)
+            except InvalidParameter:
+                continue
+            return method
     raise TypeError(f"no registered method fits {adapter.family}")  # pragma: no cover
 
 
