@@ -85,3 +85,15 @@ def test_same_seed_same_result_and_unpatch_restores(adapter, example, name):
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], plain)
     assert torch.equal(output(model(**batch)), plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", LOCAL_METHODS)
+@torch.no_grad()
+def test_half_precision_runs(name, dtype):
+    adapter = DIFFUSION[0]
+    model = next(iter(adapter.examples().values()))().to(dtype)
+    batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+             for k, v in adapter.example_batch(model).items()}  # fmt: skip
+    out = patched_steps(model, name, batch)
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
