@@ -101,3 +101,14 @@ def test_the_prompt_reaches_the_handoff_and_batches_equal_samples():
     assert torch.equal(batched, torch.cat([a[0] for a in alone]))
     torch.testing.assert_close(scores, torch.cat([a[1] for a in alone]), atol=1e-4, rtol=1e-4)
     assert len(kept[0]) == len(kept[1]) == 4 and kept[0] != kept[1]
+
+
+@torch.no_grad()
+def test_images_without_a_prompt_to_read_are_refused():
+    llava = HFLlavaAdapter.examples()["llava"]()
+    embeds = llava.get_input_embeddings()(prompt(1, 0))
+    with (
+        tokenreduce.patch(llava, placed("cdpruner", llava)),
+        pytest.raises(tokenreduce.ReductionNotApplied, match="no image placeholder"),
+    ):
+        llava(inputs_embeds=embeds, pixel_values=pixels(1), use_cache=True)
