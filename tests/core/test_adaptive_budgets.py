@@ -189,3 +189,22 @@ def test_a_model_whose_sites_run_one_length_refuses_adaptive_budgets():
     vit = make_vit()
     with pytest.raises(InvalidParameter, match="needs sites that take a token count per sample"):
         tokenreduce.patch(vit, "random:keep_ratio=0.5,layers=1,adaptive=entropy")
+
+
+# -- the benchmark: adaptive rows against their uniform twins ---------------------------------------
+def test_pareto_curves_and_the_vqa_summary_set_adaptive_against_uniform():
+    from tokenreduce.bench.configs import curve_of
+    from tokenreduce.bench.tasks.vqa import adaptive_vs_uniform, uniform_twin
+
+    adaptive = methods.describe(methods.build("random:keep_ratio=0.25,layers=0,adaptive=iqr"))
+    uniform = methods.describe(methods.build("random:keep_ratio=0.25,layers=0"))
+    assert curve_of(adaptive) == "random adaptive=iqr" and curve_of(uniform) == "random"
+    assert uniform_twin(adaptive) == uniform and uniform_twin(uniform) is None
+    rows = [
+        ("baseline", {"accuracy": 90.0, "visual_tokens": 64.0}),
+        (uniform, {"accuracy": 50.0, "visual_tokens": 16.0, "visual_tokens_sd": 0.0}),
+        (adaptive, {"accuracy": 55.0, "visual_tokens": 16.0, "visual_tokens_sd": 4.5}),
+    ]
+    (line,) = adaptive_vs_uniform(rows)
+    assert "55.0% against 50.0% uniform (+5.0)" in line and "sd 4.5 against 0.0" in line
+    assert adaptive_vs_uniform(rows[:1] + rows[2:]) == []  # no uniform twin measured

@@ -189,6 +189,17 @@ def budget_label(config: str) -> str:
     return f"{name}:{first}" if first else name
 
 
+def curve_of(config: str) -> str:
+    """The curve of a configuration in a Pareto plot: its method, with the adaptive rule when
+    it has one (``visionzip`` and ``visionzip adaptive=entropy``: a method's uniform and
+    adaptive budgets are two curves)."""
+    if config == BASELINE:
+        return BASELINE
+    name, params = methods.parse_spec(config)
+    rule = params.get("adaptive")
+    return f"{name} adaptive={rule}" if rule else name
+
+
 def method_of(config: str) -> str:
     """The method name of a configuration (``baseline`` for the unreduced model)."""
     return BASELINE if config == BASELINE else config.partition(":")[0]

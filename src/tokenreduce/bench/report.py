@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .configs import BASELINE, budget_label, label
+from .configs import BASELINE, budget_label, curve_of, label
 from .measure import FLAG_MARK, NOISY
 from .metrics import NOISY_SPREAD
 from .store import Key, Result, Store
@@ -161,7 +161,7 @@ def pareto_png(rows: list[Result], plot: Plot, title: str = "") -> bytes | None:
             ax.scatter([x], [y], marker="*", s=260, color="black", zorder=4, label="baseline")
             ax.axhline(y, color="black", lw=0.8, ls=":", zorder=0)
         else:
-            by_method[r.method].append((x, y, names[r.key.config].partition(":")[2]))
+            by_method[curve_of(r.key.config)].append((x, y, names[r.key.config].partition(":")[2]))
     for method, p in sorted(by_method.items()):
         p.sort()
         xs, ys, names = zip(*p, strict=True)

@@ -12,7 +12,10 @@ unreduced ``baseline``):
   the share of the full model's accuracy kept;
 * **visual tokens**: the image tokens the language model runs on after the reduction, mean
   per image (read from ``handle.trace.prefill_kept``: the prompt tokens kept, against the
-  image placeholders), and their share of the image's tokens;
+  image placeholders), their share of the image's tokens, and their standard deviation over
+  the questions (0 under a uniform budget; an adaptive budget, ``adaptive=entropy`` and the
+  like, gives each image its own count at the same mean: the summary sets each adaptive row
+  against its uniform twin);
 * **KV bytes** after prefill (read from the cache tensors) and their ratio to the full cache;
 * **peak memory** (tensors) of answering the first batch;
 * **time to first token** and **decoding tokens/s**, batch 1, on the first question, timed
@@ -27,6 +30,7 @@ cost of one decoding step of the language model, and the vision tower's cost is 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from collections.abc import Callable
@@ -176,6 +180,7 @@ class VisualQuestionAnswering(Task):
         Column("accuracy_kept", "kept % (accuracy)", ".1f", True),
         Column("accuracy_by_type", "accuracy % per type", "s"),
         Column("visual_tokens", "visual tokens / image", ".1f", False),
+        Column("visual_tokens_sd", "visual tokens sd", ".1f"),
         *KV_COLUMNS,
         Column("peak_mem_mb", "peak MiB (tensors)", ".1f", False),
         Column("ttft_s", "TTFT s", ".3f", False, flag=TTFT_NOISY),
@@ -404,6 +409,8 @@ class VisualQuestionAnswering(Task):
             "correct": [int(c) for c in correct],
             "outputs": words,
             "visual_tokens": visual,
+            "visual_tokens_sd": float(np.std(kept)),
+            "visual_tokens_each": [int(k) for k in kept],
             "visual_share": visual / float(np.mean(per_image)),
             "image_tokens": float(np.mean(per_image)),
             "kv_bytes": kv,
@@ -463,11 +470,13 @@ class VisualQuestionAnswering(Task):
     def summary(cls, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         """The configuration keeping the most accuracy at <= 25% and at <= 11% of the visual
         tokens, and whether the target is met: >= 95% of the full model's accuracy kept at
-        25% of the visual tokens with >= 1.5x time to first token."""
+        25% of the visual tokens with >= 1.5x time to first token; then each adaptive budget
+        against the same method's uniform budget at the same mean (:func:`adaptive_vs_uniform`)."""
         base = dict(rows).get(BASELINE)
         if base is not None and not base.get("accuracy"):
             return ["the full model answers no question right: accuracy kept is undefined"]
-        return [line for share in KEEP_SHARES[1:] if (line := _best_at(rows, share)) is not None]
+        best = [line for share in KEEP_SHARES[1:] if (line := _best_at(rows, share)) is not None]
+        return best + adaptive_vs_uniform(rows)
 
 
 def _best_at(rows: list[tuple[str, dict[str, Any]]], share: float) -> str | None:
@@ -496,6 +505,37 @@ def _best_at(rows: list[tuple[str, dict[str, Any]]], share: float) -> str | None
             f"{'met' if met else 'missed'}"
         )
     return line
+
+
+def uniform_twin(config: str) -> str | None:
+    """The configuration of ``config``'s method at the same parameters with a uniform budget,
+    or None when ``config`` has no adaptive budget (or names a method this version lacks)."""
+    try:
+        method = methods.build(config)
+    except (ValueError, TypeError):
+        return None
+    if getattr(method, "adaptive", None) is None:
+        return None
+    return methods.describe(dataclasses.replace(method, adaptive=None, adaptive_k=None))
+
+
+def adaptive_vs_uniform(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per adaptive row whose uniform twin (:func:`uniform_twin`) was measured too:
+    accuracy and mean visual tokens of both, so equal cost is visible."""
+    measured = dict(rows)
+    lines = []
+    for config, m in rows:
+        twin = uniform_twin(config) if config != BASELINE else None
+        u = measured.get(twin) if twin else None
+        if u is None or m.get("accuracy") is None or u.get("accuracy") is None:
+            continue
+        lines.append(
+            f"{label(config)}: {m['accuracy']:.1f}% against {u['accuracy']:.1f}% uniform "
+            f"({m['accuracy'] - u['accuracy']:+.1f}), {m['visual_tokens']:.1f} against "
+            f"{u['visual_tokens']:.1f} visual tokens per image (sd "
+            f"{m.get('visual_tokens_sd', 0.0):.1f} against {u.get('visual_tokens_sd', 0.0):.1f})"
+        )
+    return lines
 
 
 def last_kept(handle: Any) -> torch.Tensor | None:
@@ -544,9 +584,11 @@ __all__ = [
     "SPLITS",
     "VisualQuestionAnswering",
     "accuracy_by_type",
+    "adaptive_vs_uniform",
     "keep_share_sweep",
     "kept_image_tokens",
     "last_kept",
     "load_questions",
     "patch_state",
+    "uniform_twin",
 ]
