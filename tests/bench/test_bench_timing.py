@@ -234,3 +234,14 @@ def test_the_scale_note_prints_rates_readably():
     fast = table_notes([(BASELINE, _metrics(1.0, 6199.4, 6199.4))])
     slow = table_notes([(BASELINE, _metrics(1.0, 2.345, 2.345))])
     assert "baseline's 6199 samples/s" in fast[0] and "baseline's 2.35 samples/s" in slow[0]
+
+
+def test_plain_listener_reports_the_time_measured_elsewhere():
+    # a Ray worker's configuration arrives whole: its start and end events come together,
+    # so the time printed is the worker's, not the (zero) time between the two events
+    stream, clock = io.StringIO(), FakeClock()
+    listener = PlainListener(stream, clock=clock)
+    listener.sweep_start([TOME], [])
+    listener.config_start(TOME, 4)
+    listener.config_done(TOME, _result(TOME, {"speedup": 1.5, "timing_noisy": False}), 125.0)
+    assert stream.getvalue().splitlines()[-1] == f"[1/1] {label(TOME)}: done in 2:05, speedup 1.50x"

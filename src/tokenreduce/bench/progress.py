@@ -65,7 +65,9 @@ class RichListener:
         if self._config is not None:
             self.progress.update(self._config, completed=done, total=total)
 
-    def config_done(self, config: str, result: Result | None) -> None:
+    def config_done(
+        self, config: str, result: Result | None, seconds: float | None = None
+    ) -> None:
         self.progress.advance(self._sweep)
 
 
@@ -126,13 +128,17 @@ class PlainListener:
             f"{_clock_text(now - self._started)} elapsed"
         )
 
-    def config_done(self, config: str, result: Result | None) -> None:
+    def config_done(
+        self, config: str, result: Result | None, seconds: float | None = None
+    ) -> None:
+        """``seconds``: the configuration's measuring time where it was measured elsewhere
+        (a Ray worker); else the time since :meth:`config_start`."""
         metrics = result.metrics if result is not None else {}
         speed = ""
         if metrics.get("speedup") is not None:
             noisy = " (noisy timing)" if metrics.get(NOISY) else ""
             speed = f", speedup {speedup_text(metrics)}{noisy}"
-        elapsed = _clock_text(self.clock() - self._started)
+        elapsed = _clock_text(self.clock() - self._started if seconds is None else seconds)
         self._line(f"{self._prefix()}: done in {elapsed}{speed}")
 
 

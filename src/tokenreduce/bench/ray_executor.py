@@ -23,6 +23,7 @@ sweep or a session on Ray starts, so ``import tokenreduce`` and local sweeps nev
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -125,9 +126,12 @@ class Worker:
 
     def measure(
         self, config: str, baseline: dict[str, Any] | None, pictures: bool
-    ) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """``(metrics, pictures)`` of ``config`` (:func:`~tokenreduce.bench.runner.measure_one`)."""
-        return measure_one(self.task, self.model, config, baseline, pictures)
+    ) -> tuple[dict[str, Any], dict[str, bytes], float]:
+        """``(metrics, pictures, seconds)`` of ``config``
+        (:func:`~tokenreduce.bench.runner.measure_one`; ``seconds`` is its wall time here)."""
+        start = time.monotonic()
+        values, images = measure_one(self.task, self.model, config, baseline, pictures)
+        return values, images, time.monotonic() - start
 
 
 @dataclass
@@ -171,13 +175,15 @@ class RayExecutor:
             return
         baseline = stored_baseline(store, key, todo)
 
-        def store_result(config: str, values: dict[str, Any], images: dict[str, bytes]) -> None:
+        def store_result(
+            config: str, values: dict[str, Any], images: dict[str, bytes], seconds: float
+        ) -> None:
             store_one(store, key, sweep, config, values, images)
             if listener:  # events arrive in completion order, each configuration whole
                 steps = task.steps(config)
                 listener.config_start(config, steps)
                 listener.config_step(steps, steps)
-                listener.config_done(config, store.find(key(config)))
+                listener.config_done(config, store.find(key(config)), seconds)
 
         pool = _Pool(import_ray(), self, key(BASELINE).group(), pictures)
         try:
@@ -229,7 +235,7 @@ class _Pool:
 
     def run(self, configs: list[str], baseline: dict[str, Any] | None, on_result) -> None:
         """Measure ``configs`` on the free workers, calling ``on_result(config, metrics,
-        pictures)`` as each arrives, until each is stored or failed on every attempt."""
+        pictures, seconds)`` as each arrives, until each is stored or failed on every attempt."""
         queue = collections.deque(configs)
         while queue or self._measuring():
             while queue and self.idle:
