@@ -136,7 +136,8 @@ def test_metrics_of_a_mask_that_keeps_the_bottom_row(task_and_model):
     words[0] = "nothing"  # one wrong answer, in cell 0
     m = task._position_metrics(words, kept, {"accuracy": 100.0})
     assert m["visual_tokens"] == 8 and m["kept_kl"] == pytest.approx(math.log(8))
-    assert m["kept_kl_regions"] == pytest.approx(math.log(4))  # all in the bottom region row
+    assert m["kept_regions"] == 2  # 8 tokens kept: 2 x 2 regions, not 4 x 4
+    assert m["kept_kl_regions"] == pytest.approx(math.log(2))  # all in the bottom half
     assert m["kept_row"] == pytest.approx(15 / 16) and m["kept_col"] == pytest.approx(0.5)
     assert m["accuracy_per_cell"] == [50.0] + [100.0] * 8
     assert m["accuracy_spread"] == 50.0 and m["accuracy_by_cell"].startswith("50 100 100 / ")
@@ -165,7 +166,7 @@ def test_a_reduction_keeps_a_quarter_and_its_positions_are_recorded(rows, config
     assert m["visual_tokens"] == 16 and m["visual_share"] == 0.25
     assert sum(m["kept_share_map"]) == pytest.approx(16)
     assert 0.0 < m["kept_kl"] <= math.log(4) + 1e-9  # at most: the same 16 patches every time
-    assert 0.0 <= m["kept_kl_regions"] <= math.log(16)
+    assert 0.0 <= m["kept_kl_regions"] <= math.log(16) and m["kept_regions"] == 4
     if m["accuracy_kept"] is not None:
         assert m["accuracy_kept"] == pytest.approx(100 * m["accuracy"] / rows[BASELINE]["accuracy"])
 

@@ -15,8 +15,9 @@ position is asked about equally often, and records for every configuration:
   the **KL divergence** (nats) of the kept tokens' position distribution from uniform, per
   patch (how much the selection keeps the same patches whatever the image: a fixed random or
   lattice subset of a quarter of the patches reaches its maximum, log 4) and over 4 x 4
-  regions (large-scale skew: a lattice is uniform there, a selection favouring the bottom of
-  the image is not), and their centre of mass (row 0 = top, 1 = bottom; column 0 = left, 1 =
+  regions, or as many as the tokens kept can fill (2 x 2 for fewer than 9) (large-scale skew:
+  a lattice is uniform there, a selection favouring the bottom of the image is not), and
+  their centre of mass (row 0 = top, 1 = bottom; column 0 = left, 1 =
   right). Objects are spread evenly over the cells, so an unbiased selection that follows
   content averages out near uniform;
 * **the object's patches kept**: the share of the patches the object covers whose token
@@ -54,7 +55,8 @@ GRID = 3
 #: rounds over the grid's cells (two questions per image) by default and with ``--quick``
 DEFAULT_ROUNDS, QUICK_ROUNDS = 8, 1
 #: regions per side the kept-token share is pooled into for the large-scale index (a fixed
-#: lattice of every other patch is uniform at this scale; the patch-level KL is not)
+#: lattice of every other patch is uniform at this scale; the patch-level KL is not); fewer
+#: when the budget keeps fewer tokens than regions (the square root of the tokens kept)
 REGIONS = 4
 #: share of a patch's pixels the object must cover to count as one of its patches
 OBJECT_COVER = 0.25
@@ -185,7 +187,8 @@ class PositionBias(UntimedQuestions):
         Column("accuracy_std", "std across cells", ".1f", False),
         VISUAL_TOKENS,
         Column("kept_kl", "KL kept vs uniform (nats)", ".3f", False),
-        Column("kept_kl_regions", "KL over 4x4 regions (nats)", ".3f", False),
+        Column("kept_kl_regions", "KL over regions (nats)", ".3f", False),
+        Column("kept_regions", "regions per side", "d"),
         Column("kept_row", "kept centre row (0 top)", ".3f"),
         Column("kept_col", "kept centre col (0 left)", ".3f"),
         Column("object_kept", "object patches kept %", ".1f", True),
@@ -285,7 +288,9 @@ class PositionBias(UntimedQuestions):
         side = math.isqrt(kept.shape[1])
         share = kept.mean(0).reshape(side, side)
         row, col = centre_of_mass(share)
-        regions = pooled(share, min(REGIONS, side))
+        # no finer than the budget can fill evenly: 8 kept tokens cannot cover 16 regions
+        per_side = max(1, min(REGIONS, side, math.isqrt(round(float(kept.sum(1).mean())))))
+        regions = pooled(share, per_side)
         objects = np.stack(
             [object_patches(q.images[q.image_index[i]], (side, side)) for i in range(len(q))]
         )
@@ -308,6 +313,7 @@ class PositionBias(UntimedQuestions):
             "kept_share_map": share.ravel().tolist(),
             "kept_kl": kl_from_uniform(share),
             "kept_kl_regions": kl_from_uniform(*regions),
+            "kept_regions": per_side,
             "kept_row": row,
             "kept_col": col,
             "object_kept": 100.0 * float(on_object.mean()),
