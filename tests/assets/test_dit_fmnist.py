@@ -150,3 +150,5 @@ def test_resumed_training_equals_uninterrupted_and_evaluates(tmp_path):
     assert result["n"] == 10 and 0.0 <= result["accuracy"] <= 1.0
     assert result["checkpoint"]["step"] == 3
     assert (resumed / "samples-step3.png").is_file()
+    card = (resumed / "MODEL_CARD.md").read_text()
+    assert "steps: 3, batch 2" in card and "| Ankle boot |" in card

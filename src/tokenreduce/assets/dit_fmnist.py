@@ -522,13 +522,60 @@ def _parser() -> Any:
     ev.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampling steps")
     ev.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     ev.add_argument("--seed", type=int, default=0, help="seed of the first sample")
-    ev.add_argument("--grid", type=Path, default=None, help="PNG (default: beside checkpoint)")
+    ev.add_argument(
+        "--grid", type=Path, default=None, help="PNG (default: in the training folder, else here)"
+    )
     for p in (tr, ev):
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return parser
 
 
-def _evaluate(args: Any) -> None:
+def model_card(result: dict[str, Any], state: dict[str, Any], command: str) -> str:
+    """The model card (markdown) of a training folder's EMA weights: model, data, training
+    (from ``state.json``) and the class consistency ``result`` of :func:`class_consistency`."""
+    from ..data.fashion_mnist import LABELS
+
+    run, seconds = state["run"], state["train_seconds"]
+    lines = [
+        "# dit-fmnist",
+        "",
+        f"diffusers `DiTTransformer2DModel`, class-conditional, in pixel space: 28x28 grey "
+        f"Fashion-MNIST images in 2x2 patches, a {GRID}x{GRID} grid of {TOKENS} tokens; width "
+        f"{DEFAULT_ARCH['num_attention_heads'] * DEFAULT_ARCH['attention_head_dim']} "
+        f"({DEFAULT_ARCH['num_attention_heads']} heads), {DEFAULT_ARCH['num_layers']} blocks "
+        "with adaLN-Zero on timestep and class; class 10 is the null class of classifier-free "
+        f"guidance. Weights: the exponential moving average (decay {run['ema_decay']}).",
+        "",
+        "Noise: `DDPMScheduler`, 1000 steps, cosine schedule, epsilon prediction. Sampling: "
+        "`DPMSolverMultistepScheduler` (DPM-Solver++, order 2, dynamic thresholding), "
+        f"{DEFAULT_STEPS} steps, guidance {DEFAULT_GUIDANCE}.",
+        "",
+        "## Data and training",
+        "",
+        "- Fashion-MNIST training split (60,000 images), pixels scaled to [-1, 1], no "
+        f"augmentation; {LABEL_DROP:.0%} of the classes replaced by the null class",
+        f"- trained by: `{state.get('command') or 'unknown'}`",
+        f"- steps: {state['step']}, batch {run['batch_size']}, AdamW lr {run['lr']} after "
+        f"{run['warmup']} warm-up steps, gradient norm clipped at 1, seed {run['seed']}",
+        f"- training time: {seconds / 60:.0f} min on one CPU thread "
+        f"({seconds / max(1, state['step']):.2f} s/step)",
+        "",
+        "## Class consistency",
+        "",
+        f"The demo ViT (`fmnist-vit`) assigns **{result['accuracy']:.1%}** of {result['n']} "
+        f"samples ({result['n'] // NUM_CLASSES} per class, sample i seeded with i, "
+        f"{result['steps']} steps, guidance {result['guidance']}) to the class they were "
+        f"conditioned on (evaluated by `{command}`).",
+        "",
+        "| class | consistency |",
+        "|---|---:|",
+        *(f"| {name} | {a:.0%} |" for name, a in zip(LABELS, result["per_class"], strict=True)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _evaluate(args: Any, command: str) -> None:
     from PIL import Image
 
     dit = load(args.checkpoint)
@@ -540,13 +587,17 @@ def _evaluate(args: Any) -> None:
         f"of {result['n']} (per class: {per_class})",
         flush=True,
     )
-    folder = Path(args.checkpoint) if args.checkpoint is not None else BUNDLED.parent
-    folder = folder if folder.is_dir() else folder.parent
-    grid = args.grid or folder / f"samples-step{dit.info.get('step')}.png"
+    # a training folder gets the results; a weights file (the bundled one) is left alone
+    folder = Path(args.checkpoint) if args.checkpoint is not None else None
+    folder = folder if folder is not None and folder.is_dir() else None
+    grid = args.grid or (folder or Path.cwd()) / f"samples-step{dit.info.get('step')}.png"
     Image.fromarray(sample_grid(images.numpy(), args.per_class)).save(grid)
-    if args.checkpoint is not None and Path(args.checkpoint).is_dir():
-        (folder / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {grid}", flush=True)
+    if folder is not None:
+        (folder / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+        state = json.loads((folder / "state.json").read_text())
+        (folder / "MODEL_CARD.md").write_text(model_card(result, state, command))
+        print(f"wrote {folder / 'eval.json'} and {folder / 'MODEL_CARD.md'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -559,11 +610,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.command == "eval":
-        return _evaluate(args)
     command = "python -m tokenreduce.assets dit-fmnist " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
+    if args.command == "eval":
+        return _evaluate(args, command)
     opts = TrainOptions(
         args.out,
         args.steps,
