@@ -12,6 +12,10 @@ answer and question type, so accuracy can be reported per type.
   ``presence``, ``color``, ``shape``, ``count`` and ``relation`` (left of / right of / above /
   below, asked only where the answer is clear by a margin). Answers are one word; counts are
   digits. Train and test come from separate seed streams: the test split is held out.
+* :func:`grid_scenes_vqa` places one object in each cell of a coarse grid in turn (colour and
+  shape questions, the cell of each): the position-bias benchmark's data.
+* :func:`pope_vqa` asks POPE-style presence questions about the test scenes: objects shown,
+  and absent ones chosen at random, by popularity or adversarially (like a present one).
 
 >>> train = scenes_vqa("train", count=2000, seed=0)   # 2000 scenes, about 5 questions each
 >>> train.images.shape, train.questions[0], train.answers[0], train.qtypes[0]
