@@ -53,7 +53,7 @@ def test_the_budget_floor_and_the_uniform_additions_keep_more():
     assert int(PruMerge().reduce(ctx, 16).valid.sum()) == 2
     assert int(PruMerge().reduce(ctx, 16 - 5).valid.sum()) == 1 + 5  # min_keep's floor
     plus = PruMergePlus(uniform_factor=4).reduce(ctx, 16)
-    # stride (16 // 1) // 4 = 4: tokens 0, 4, 8, 12 of the 16, and the outlier 9
+    # 4 uniform tokens per outlier: places 0, 4, 8, 12 of the 16, and the outlier 9
     assert set(plus.anchor[0].tolist()) == {0, 1, 5, 9, 10, 13}
 
 
@@ -92,3 +92,11 @@ def test_batched_generate_equals_images_one_by_one(name):
 def test_a_vision_transformer_refuses_it():
     with pytest.raises(InvalidParameter, match="prumerge is a per-input token-sequence method"):
         tokenreduce.patch(make_vit(), PruMerge(layers=(1,)))
+
+
+def test_plus_adds_about_uniform_factor_tokens_per_outlier_at_any_scale():
+    attention = torch.full((1, 64), 0.01)
+    attention[0, :12] = torch.linspace(0.3, 0.5, 12)  # 12 outliers among 64 tokens
+    ctx = context(attention, torch.randn(1, 64, 4))
+    kept = int(PruMergePlus(uniform_factor=3).reduce(ctx, 64).valid.sum()) - 1  # the class token
+    assert 36 <= kept <= 12 + 36 < 64  # 36 evenly spaced, some of them outliers already

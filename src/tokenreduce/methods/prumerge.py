@@ -98,12 +98,14 @@ class PruMergePlus(PruMerge):
     Shang et al., "LLaVA-PruMerge: Adaptive Token Reduction for Efficient Large Multimodal
     Models", 2024 (PruMerge+). https://arxiv.org/abs/2403.15388
 
-    To the ``m`` outliers of :class:`PruMerge` (at least one) it adds the tokens at every
-    ``s``-th place of the unprotected tokens in raster order, ``s = (n // m) //
-    uniform_factor`` (at least 1), that are not kept already, so about ``uniform_factor``
-    times as many uniform tokens as outliers join (the paper's 3 reaches about a quarter of
-    LLaVA-1.5's 576 tokens); the budget's ``ceil(min_keep * n)`` is then reached with the
-    highest-scoring of the rest. The pruned tokens are merged into all of them as in
+    To the ``m`` outliers of :class:`PruMerge` (at least one) it adds ``u = min(n,
+    uniform_factor * m)`` tokens evenly spaced over the ``n`` unprotected tokens in raster
+    order (places ``floor(i * n / u)``) that are not kept already: about ``uniform_factor``
+    times as many uniform tokens as outliers. The authors' code steps by ``int(int(n / m) /
+    3)``, the same spacing at LLaVA-1.5's scale (576 tokens, about 32 outliers: every 6th
+    token, a quarter of the tokens kept in all), but every token once ``n / m`` falls below
+    6 (64 tokens with 12 outliers); the count here keeps the proportion at any scale. The
+    budget's ``ceil(min_keep * n)`` is then reached with the highest-scoring of the rest. The pruned tokens are merged into all of them as in
     :class:`PruMerge`.
 
     Parameters:
@@ -117,10 +119,10 @@ class PruMergePlus(PruMerge):
     def select(self, scores: Tensor, least: int) -> Tensor:
         n = scores.numel()
         outliers = scores.topk(min(max(outlier_count(scores, self.iqr_k), 1), n)).indices
-        stride = max(1, (n // outliers.numel()) // self.uniform_factor)
+        count = min(n, self.uniform_factor * outliers.numel())
         chosen = torch.zeros(n, dtype=torch.bool, device=scores.device)
         chosen[outliers] = True
-        chosen[::stride] = True
+        chosen[torch.arange(count, device=scores.device) * n // count] = True
         missing = least - int(chosen.sum())
         if missing > 0:  # the budget's floor: the best of the rest
             chosen[scores.masked_fill(chosen, -torch.inf).topk(missing).indices] = True
