@@ -151,5 +151,5 @@ def test_bench_loads_the_asset_as_a_denoiser_with_its_sampler():
     assert loaded.kind == "diffusion" and loaded.default_task == "generation"
     assert type(loaded.model).__name__ == "DiTTransformer2DModel"
     built = Generation.from_options(loaded, Options(quick=True, limit=4))
-    assert len(built.labels) == 4 and built.steps_ == 8
+    assert len(built.labels) == 4 and built.sampling_steps == 8
     assert built.data_id.startswith("fashion-mnist:test[500]#")

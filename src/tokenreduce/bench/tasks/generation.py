@@ -175,7 +175,7 @@ class Generation(Task):
             raise ValueError(f"guidance must be >= 0 (1: no guidance), got {guidance!r}")
         self.scheduler, self.real_images, self.data_name = scheduler, real_images, data_name
         self.labels = torch.arange(samples) % dit_fmnist.NUM_CLASSES
-        self.steps_, self.guidance = steps, float(guidance)
+        self.sampling_steps, self.guidance = steps, float(guidance)
         self.batch_size, self.timed_batch = batch_size, min(timed_batch, samples)
         self.repeats, self.warmup, self.threads = repeats, warmup, threads
         digest = hashlib.sha256(real_images.contiguous().numpy().tobytes()).hexdigest()[:12]
@@ -223,7 +223,7 @@ class Generation(Task):
         return {
             "batch_size": self.batch_size,
             "threads": self.threads,
-            "steps": self.steps_,
+            "steps": self.sampling_steps,
             "guidance": self.guidance,
             "timed_batch": self.timed_batch,
         }
@@ -259,7 +259,7 @@ class Generation(Task):
             model,
             self.scheduler,
             self.labels[start:stop],
-            steps or self.steps_,
+            steps or self.sampling_steps,
             self.guidance,
             generators,
         )
@@ -277,20 +277,20 @@ class Generation(Task):
             calls.append((handle.gflops(), sum(tokens) / max(1, len(tokens))))
 
         hook = model.register_forward_hook(record)
-        images, gflops = [], 0.0
+        images, gflops, tokens = [], 0.0, []
         try:
             for start in self._batches():
                 stop = min(start + self.batch_size, len(self.labels))
                 calls.clear()
                 images.append(self._generate(model, start, stop))
                 gflops += sum(g for g, _ in calls) * (stop - start)
+                tokens += [t for _, t in calls]
                 step()
         finally:
             hook.remove()
         rows_per_sample = 1 if self.guidance == 1.0 else 2
         n = len(self.labels)
-        tokens = float(np.mean([t for _, t in calls]))
-        return torch.cat(images), gflops / n * rows_per_sample, tokens
+        return torch.cat(images), gflops / n * rows_per_sample, float(np.mean(tokens))
 
     def _reference_samples(self, model: nn.Module) -> torch.Tensor:
         """The unreduced sampler's images (sampled once, by the plain model)."""
@@ -333,7 +333,9 @@ class Generation(Task):
                 lambda: self._generate(model if is_baseline else reduced, 0, self.timed_batch, 1)
             )
             step()
-            base_gflops = handle.baseline_gflops() * self.steps_ * (1 if self.guidance == 1 else 2)
+            base_gflops = (
+                handle.baseline_gflops() * self.sampling_steps * (1 if self.guidance == 1 else 2)
+            )
         if is_baseline:
             self._reference = images
         self._last = (config, images[:PICTURE_SAMPLES])
