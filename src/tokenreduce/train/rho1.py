@@ -15,6 +15,13 @@ knows and the model does not yet stay in.
 * ``python -m tokenreduce.train.rho1 experiment``: full loss against selective loss at equal
   tokens seen, on a small byte-level Llama trained from scratch on the Jargon File with
   injected noise; writes ``curves.csv``, ``summary.json`` and ``curves.png``.
+
+The experiment's reference is the same small architecture trained briefly on a clean split
+of the prose (the paper's reference is trained on high-quality data), and the compared runs
+train on the rest with a fraction of sentences replaced by random characters: the setting
+where selection should help. A byte-level model from scratch rather than SmolLM2-135M because
+a 49k-token softmax over 135M parameters takes seconds per step on a CPU; ``train_lm`` and
+``selective_lm_loss`` take SmolLM2 (``tokenreduce.assets.load("smollm2")``) unchanged.
 """
 
 from __future__ import annotations
