@@ -209,6 +209,7 @@ from . import (  # noqa: E402,F401  (registration; longcontext: niah, multikey, 
     position_bias,
     prompt,
     segmentation,
+    transfer,
     vqa,
 )
 
