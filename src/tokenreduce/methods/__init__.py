@@ -6,8 +6,8 @@ Each method class is importable from here under its own name (``tokenreduce.meth
 >>> from tokenreduce import methods
 >>> [n for n in methods.available() if issubclass(methods.get(n), methods.TokenMethod)]
 ... # doctest: +NORMALIZE_WHITESPACE
-['cdpruner', 'divprune', 'downsample', 'evit', 'pool', 'power_bert', 'prunemerge', 'random',
- 'tome', 'topk', 'uniform', 'visionzip', 'vispruner']
+['cdpruner', 'divprune', 'downsample', 'dynamicvit', 'evit', 'pool', 'power_bert', 'prunemerge',
+ 'random', 'tome', 'topk', 'uniform', 'visionzip', 'vispruner']
 >>> methods.build("tome:r=13")
 ToMe(r=13, inflect=0.0, prop_attn=True, schedule=None)
 >>> methods.ToMe(r=13) == methods.build("tome:r=13")
@@ -30,6 +30,7 @@ from .base import (
 from .cdpruner import CDPruner
 from .divprune import DivPrune
 from .downsample import Downsample
+from .dynamicvit import DynamicViT
 from .evit import EViT
 from .fastv import FastV
 from .h2o import H2O
@@ -68,7 +69,7 @@ from .vispruner import VisPruner
 from .vtw import VTW
 
 __all__ = [
-    "CDPruner", "DivPrune", "Downsample", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
+    "CDPruner", "DivPrune", "Downsample", "DynamicViT", "EViT", "FastV", "H2O", "InvalidParameter", "KNorm",
     "KVCacheMethod", "KVRandom", "KeepRatioMethod", "LLMLingua", "LTP", "LazyLLM", "LocalMethod", "LongLLMLingua",
     "Method", "PoWERBERT", "Pool", "PerInputTokenMethod", "PrefillMethod", "PromptMethod",
     "PruMerge", "PruMergePlus", "PruneMerge", "PyramidDrop", "PyramidKV", "RandomMerge", "RandomPrune", "SelectiveContext", "SnapKV", "SparseVLM", "StreamingLLM", "TOVA",
