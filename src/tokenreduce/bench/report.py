@@ -24,7 +24,7 @@ from .configs import BASELINE, budget_label, curve_of, label
 from .measure import FLAG_MARK, NOISY
 from .metrics import NOISY_SPREAD
 from .store import Key, Result, Store
-from .tasks import Column, Metrics, Plot, task_class
+from .tasks import Column, Metrics, Plot, Task, task_class
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;
@@ -297,12 +297,8 @@ def group_html(store: Store, group: tuple[str, str, str, str], rows: list[Result
         pics = []
         parts.append(f'<p class="meta">token pictures unavailable: {esc(err)}</p>')
     if pics:
-        parts.append(
-            '<h3>Kept and merged tokens</h3><p class="meta">Each tile is the input '
-            "with every patch coloured by its fate after the last block: as is = kept, "
-            "grey = dropped, a colour = merged with the other patches of that colour."
-            '</p><div class="pics">'
-        )
+        heading, caption = (cls or Task).picture_caption
+        parts.append(f'<h3>{esc(heading)}</h3><p class="meta">{esc(caption)}</p><div class="pics">')
         parts += [f'<img alt="{esc(name)}" src="{_png_data_uri(png)}">' for name, png in pics]
         parts.append("</div>")
     parts.append("</section>")

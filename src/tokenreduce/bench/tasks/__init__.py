@@ -108,6 +108,13 @@ class Task:
     splits: ClassVar[tuple[str, ...]] = ()
     columns: ClassVar[tuple[Column, ...]] = ()
     plots: ClassVar[tuple[Plot, ...]] = ()
+    #: the report's heading and caption over the task's :meth:`pictures` (by default the token
+    #: maps most tasks draw; a task drawing something else says what its pictures show)
+    picture_caption: ClassVar[tuple[str, str]] = (
+        "Kept and merged tokens",
+        "Each tile is the input with every patch coloured by its fate after the last block: "
+        "as is = kept, grey = dropped, a colour = merged with the other patches of that colour.",
+    )
 
     @classmethod
     def from_options(cls, loaded: LoadedModel, options: Options) -> Task:

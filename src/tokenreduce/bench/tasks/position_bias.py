@@ -204,6 +204,13 @@ class PositionBias(UntimedQuestions):
         ),
         tokens_plot("accuracy", "accuracy (%)"),
     )
+    picture_caption = (
+        "Where the kept tokens lie, and accuracy by object position",
+        "kept-positions: per patch, the share of questions in which its visual token was kept "
+        "(0 to 1; titled with the KL of kept positions from uniform, per patch and over "
+        "regions). accuracy-by-position: the accuracy (%) with the object in each cell of the "
+        "grid (blank: no question there).",
+    )
 
     def __init__(
         self,
