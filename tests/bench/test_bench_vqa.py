@@ -5,6 +5,7 @@ kept, KV bytes, the CLI end to end with a saved LLaVA folder, and clear failures
 from __future__ import annotations
 
 import importlib.util
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from tokenreduce.bench.tasks.vqa import (
     accuracy_by_type,
     keep_share_sweep,
     kept_image_tokens,
+    layer_mean_image_tokens,
     load_questions,
     patch_state,
 )
@@ -154,12 +156,14 @@ def rows(loaded):
     return task, base, topk, fastv
 
 
-def test_rows_count_visual_tokens_and_kv_bytes(rows):
+def test_rows_count_visual_tokens_and_kv_bytes(rows, loaded):
     task, base, topk, fastv = rows
     assert base["image_tokens"] == 64 and base["visual_tokens"] == 64
     assert base["visual_share"] == 1.0 and base["kv_ratio"] == 1.0
     assert topk["visual_tokens"] == 16 and topk["visual_share"] == 0.25
-    assert fastv["visual_tokens"] == 16  # 75% of the image tokens pruned after layer 2
+    # 75% of the image tokens pruned after layer 2's attention: layers 0-2 attend over all 64
+    depth = tokenreduce.describe(loaded.model).num_layers
+    assert fastv["visual_tokens"] == pytest.approx((3 * 64 + (depth - 3) * 16) / depth)
     # the handoff removes 48 entries per question from every layer's cache
     assert topk["kv_ratio"] < fastv["kv_ratio"] < 1.0
     for m in (base, topk, fastv):
@@ -255,3 +259,20 @@ def test_cli_refuses_split_for_a_task_without_splits(tiny_ckpt, idx_dir, tmp_pat
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0
     assert "task 'classification' takes no --split" in result.output
+
+
+def test_visual_tokens_are_averaged_over_the_layers_each_site_leaves():
+    # two sites of a 6-layer model: layers 0-1 see 4 image tokens, 2-3 see 2, 4-5 see 1
+    placeholders = torch.tensor([[False, True, True, True, True, False]])
+    method = tokenreduce.methods.build("pyramiddrop:layers=(1,3),prune_ratio=0.75")
+    trace = types.SimpleNamespace(
+        prefill_kept=[torch.tensor([[0, 1, 3, 5]]), torch.tensor([[0, 3, 5]])]
+    )
+    info = types.SimpleNamespace(num_layers=6)
+    handle = types.SimpleNamespace(trace=trace, method=method, info=info)
+    assert layer_mean_image_tokens(handle, placeholders).tolist() == pytest.approx([14 / 6])
+    # a reduction at the handoff holds from the first layer on
+    handle.method = tokenreduce.methods.build("topk:keep_ratio=0.25,layers=(0,)")
+    assert layer_mean_image_tokens(handle, placeholders).tolist() == [1.0]
+    handle.trace = types.SimpleNamespace(prefill_kept=[])  # nothing removed
+    assert layer_mean_image_tokens(handle, placeholders).tolist() == [4.0]

@@ -10,9 +10,10 @@ unreduced ``baseline``):
 
 * **accuracy**: exact match of the answer's first word, overall and per question type, and
   the share of the full model's accuracy kept;
-* **visual tokens**: the image tokens the language model runs on after the reduction, mean
-  per image (read from ``handle.trace.prefill_kept``: the prompt tokens kept, against the
-  image placeholders), their share of the image's tokens, and their standard deviation over
+* **visual tokens**: the image tokens the language model's layers attend over, averaged
+  over its layers (:func:`layer_mean_image_tokens`, read from ``handle.trace.prefill_kept``:
+  the prompt tokens each site kept, against the image placeholders; a reduction at the
+  handoff holds in every layer, one inside the model from its site on), mean per image, their share of the image's tokens, and their standard deviation over
   the questions (0 under a uniform budget; an adaptive budget, ``adaptive=entropy`` and the
   like, gives each image its own count at the same mean: the summary sets each adaptive row
   against its uniform twin);
@@ -45,6 +46,7 @@ import tokenreduce
 from ... import methods
 from ...adapters.hf_vlm.llava import square_grid
 from ...core.state import TokenState
+from ...methods.prefill import PrefillMethod
 from ..configs import BASELINE, label
 from ..measure import Steps, check_ints, fraction, reduced_model, speedup_text, until_steady
 from ..metrics import peak_memory_mb
@@ -123,6 +125,31 @@ def kept_image_tokens(kept: torch.Tensor | None, placeholders: torch.Tensor) -> 
     rows, cols = (kept >= 0).nonzero(as_tuple=True)
     mask[rows, kept[rows, cols].to(placeholders.device)] = True
     return mask & placeholders
+
+
+def layer_mean_image_tokens(handle: Any, placeholders: torch.Tensor) -> torch.Tensor:
+    """(B,) float: the image tokens each prompt's language-model layers attend over, averaged
+    over the layers, so that methods pruning at one layer, at several or before the first
+    compare at equal cost.
+
+    A reduction at the handoff (a token method) holds from the first layer on. A prefill
+    method's site at layer ``l`` selects after that layer's attention: layers up to ``l``
+    count the tokens the previous site left (all before the first site), later layers the
+    tokens the site kept. ``placeholders``: (B, L) bool, the prompt's image tokens."""
+    kept = getattr(handle.trace, "prefill_kept", None) or []
+    full = placeholders.sum(1).float()
+    if not kept:
+        return full
+    counts = [kept_image_tokens(k, placeholders).sum(1).float() for k in kept]
+    if not isinstance(handle.method, PrefillMethod):
+        return counts[-1]
+    depth = handle.info.num_layers
+    sites = handle.method.sites(depth)
+    bounds = [*(site + 1 for site in sites), depth]
+    total = full * bounds[0]
+    for count, start, end in zip(counts, bounds[:-1], bounds[1:], strict=True):
+        total = total + count * (end - start)
+    return total / depth
 
 
 def patch_state(kept: torch.Tensor) -> TokenState:
@@ -304,7 +331,7 @@ class VisualQuestionAnswering(Task):
     # -- measurement ---------------------------------------------------------------------------
     def run(self, model: nn.Module, config: str, baseline: Metrics | None, step: Steps) -> Metrics:
         words: list[str] = []
-        kept: list[int] = []
+        kept: list[float] = []
         per_image: list[int] = []
         kv, peak = 0, None
         with reduced_model(model, config) as (reduced, handle):
@@ -357,10 +384,9 @@ class VisualQuestionAnswering(Task):
             out["seq"][:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
         )
         placeholders = inputs["input_ids"] == model.config.image_token_id
-        kept = kept_image_tokens(last_kept(handle), placeholders)
         return {
             "words": [answer_word(t) for t in texts],
-            "kept": kept.sum(1).tolist(),
+            "kept": layer_mean_image_tokens(handle, placeholders).tolist(),
             "per_image": placeholders.sum(1).tolist(),
             "kv_bytes": hook.bytes,
             "peak": peak,
@@ -385,7 +411,7 @@ class VisualQuestionAnswering(Task):
     def _metrics(
         self,
         words: list[str],
-        kept: list[int],
+        kept: list[float],
         per_image: list[int],
         kv: int,
         peak: float | None,
@@ -410,7 +436,7 @@ class VisualQuestionAnswering(Task):
             "outputs": words,
             "visual_tokens": visual,
             "visual_tokens_sd": float(np.std(kept)),
-            "visual_tokens_each": [int(k) for k in kept],
+            "visual_tokens_each": [round(float(k), 2) for k in kept],
             "visual_share": visual / float(np.mean(per_image)),
             "image_tokens": float(np.mean(per_image)),
             "kv_bytes": kv,
