@@ -2,6 +2,8 @@
 
     python -m tokenreduce.train finetune --model fmnist-vit --method "tome:r=16" \
         --epochs 1 --threads 2 --out runs/ft-tome-r16
+    python -m tokenreduce.train evaluate --model runs/ft-tome-r16/model.safetensors \
+        --method "tome:r=16"
 
 ``--model`` is what ``tokenreduce bench --model`` takes (an asset name or a checkpoint).
 The run resumes when ``--out`` already holds it; ``<out>/model.safetensors`` is the result,
@@ -35,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--eval-limit", type=int, default=1000,
                    help="test images scored at each checkpoint and at the end (0: none)")  # fmt: skip
     f.add_argument("--data", default=None, help="Fashion-MNIST folder (IDX .gz files)")
+    e = sub.add_parser("evaluate", help="top-1 on the 10,000 test images, reduced by a method")
+    e.add_argument("--model", default="fmnist-vit", help="asset name or checkpoint path")
+    e.add_argument("--method", default=None, help="token method spec (none: unreduced)")
+    e.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    e.add_argument("--data", default=None, help="Fashion-MNIST folder (IDX .gz files)")
     return p.parse_args(argv)
 
 
@@ -47,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         model = load(args.model).model
+        if args.command == "evaluate":
+            return _evaluate(model, args)
         test = fashion_mnist("test", args.data)
         evaluation = (test[0][: args.eval_limit], test[1][: args.eval_limit])
         finetune(
@@ -58,3 +67,18 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
     except (ModelError, FinetuneError, InvalidParameter) as err:
         sys.exit(f"python -m tokenreduce.train: {err}")
+
+
+def _evaluate(model, args: argparse.Namespace) -> None:
+    """Print the top-1 of ``model`` reduced by ``args.method`` on the whole test split."""
+    import torch
+
+    from .. import api
+    from ..data.fashion_mnist import fashion_mnist
+    from .recipe import evaluate
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    with api.patch(model, args.method):
+        top1 = evaluate(model, fashion_mnist("test", args.data))
+    print(f"{args.model} with {args.method or 'no reduction'}: top-1 {top1:.2f}% (10,000 images)")

@@ -1,0 +1,82 @@
+"""Gradients flow through every registered token method in training mode.
+
+Parametrised over ``tokenreduce.train.token_methods()``: a method is covered the moment it
+is registered. Each runs on the first cheap example model that takes it (a tiny timm ViT, or
+a tiny text encoder for a method only text encoders take), in ``model.train()``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokenreduce
+from tokenreduce import methods
+from tokenreduce.adapters import ADAPTERS
+from tokenreduce.train import GRADIENT_PATHS, token_methods
+from tokenreduce.train.gradients import gradient_path
+
+from ..invariants.test_every_family import fits, inputs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: families cheap enough to train here; vision-language models take minutes per step on CPU
+CHEAP_KINDS = ("vision", "text")
+
+
+def first_fit(name: str):
+    """(adapter, example builder) of the first cheap family that takes method ``name``."""
+    cls = methods.get(name)
+    for adapter in ADAPTERS:
+        if adapter.kind in CHEAP_KINDS and issubclass(cls, adapter.accepts) and fits(adapter, cls):
+            return adapter, next(iter(adapter.examples().values()))
+    return None, None
+
+
+def loss_of(out) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    logits = getattr(out, "last_hidden_state", None) if logits is None else logits
+    return (out if logits is None else logits).float().logsumexp(-1).mean()
+
+
+def first_block_grads(adapter, model) -> list[torch.Tensor]:
+    """Gradients of the first transformer block's parameters (a text encoder names no
+    blocks: its parameters under ``layer.0.``)."""
+    if adapter.kind == "vision":
+        params = list(adapter.blocks(model)[0].parameters())
+    else:
+        params = [p for k, p in model.named_parameters() if ".layer.0." in k]
+    assert params, f"no first block found in {type(model).__name__}"
+    return [p.grad for p in params if p.grad is not None]
+
+
+@pytest.mark.parametrize("name", token_methods())
+def test_gradients_reach_the_embedding_and_first_block(name):
+    adapter, build = first_fit(name)
+    if adapter is None:
+        pytest.skip(f"{name} runs only on vision-language models (too slow to train in tests)")
+    model = build().train()
+    args, kwargs = inputs(model, adapter)
+    with tokenreduce.patch(model, methods.get(name).for_tests()) as handle:
+        loss_of(model(*args, **kwargs)).backward()
+        assert any(
+            a > b for a, b in zip(handle.trace.attn_tokens, handle.trace.mlp_tokens, strict=True)
+        )
+    grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    assert all(g.isfinite().all() for g in grads.values())
+    assert any(g.abs().sum() > 0 for g in first_block_grads(adapter, model))
+    if adapter.family.startswith("timm"):  # the named tensors of the issue
+        assert model.patch_embed.proj.weight.grad.abs().sum() > 0
+        assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_every_listed_gradient_path_names_a_token_method():
+    assert set(GRADIENT_PATHS) <= set(token_methods())
+    assert "gather" in gradient_path("topk") and "average" in gradient_path("tome")
+
+
+def test_a_cache_method_is_refused_naming_the_token_methods():
+    from tokenreduce.train import check_trainable
+
+    with pytest.raises(methods.InvalidParameter, match="snapkv.*'kv_cache'.*tome"):
+        check_trainable("snapkv")
