@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..core.context import TokenContext
+from ..core.context import ModelInfo, TokenContext
 from ..core.reducers import topk_prune
 from ..core.reduction import Reduction
 from .base import InvalidParameter, param, register
@@ -114,8 +114,8 @@ class DynamicViT(KeepRatioMethod):
     distillation losses) is :mod:`tokenreduce.methods.dynamicvit_train`.
 
     The predictor's weights are part of the method: a predictor scores nothing useful until it
-    has been trained for the model it runs on, so one of ``weights`` or ``untrained`` must be
-    given.
+    has been trained for the model it runs on, so patching refuses a method given neither
+    ``weights`` nor ``untrained``.
 
     Parameters:
         keep_ratio: rho, the fraction of patch tokens each stage keeps, in (0, 1]. The
@@ -130,9 +130,10 @@ class DynamicViT(KeepRatioMethod):
         seed: the random predictor's seed (``untrained`` only), an integer >= 0.
 
     Raises:
-        InvalidParameter: neither or both of ``weights`` and ``untrained``; a weights file
-            that cannot be read or whose stage count differs from ``len(layers)``; at patch
-            time, a model width other than the predictor's.
+        InvalidParameter: both ``weights`` and ``untrained``, or at patch time neither; a
+            weights file that cannot be read or whose stage count differs from
+            ``len(layers)``; at the first reduction, tokens of another width than the
+            predictor's.
     """
 
     name = "dynamicvit"
@@ -147,14 +148,21 @@ class DynamicViT(KeepRatioMethod):
         super().__post_init__()
         # not a field: the weights are named by ``weights``, compared and printed by it
         self.predictor: KeepPredictor | None = None
-        if (self.weights is None) == (not self.untrained):
-            raise InvalidParameter(
-                f"{self.name}: give weights=<predictor file or one of {sorted(BUNDLED)}> "
-                f"(trained), or untrained=True (a random predictor, for tests); got "
-                f"weights={self.weights!r}, untrained={self.untrained}"
-            )
+        if self.weights is not None and self.untrained:
+            raise InvalidParameter(f"{self.name}: weights={self.weights!r} and untrained=True "
+                                   "exclude each other; give one")  # fmt: skip
         if self.weights is not None:
             self.predictor = self._load(self.weights)
+
+    def check_model(self, model: ModelInfo) -> None:
+        """Besides the layers: refuse to run without a predictor, trained or declared random
+        (an untrained predictor must never pass for a trained one)."""
+        super().check_model(model)
+        if self.weights is None and not self.untrained:
+            raise InvalidParameter(
+                f"{self.name}: give weights=<predictor file or one of {sorted(BUNDLED)}> "
+                "(trained), or untrained=True (a random predictor, for tests)"
+            )
 
     def _load(self, weights: str) -> KeepPredictor:
         try:
