@@ -16,7 +16,11 @@ reducible tokens to shares ``p`` (sum 1; ``n * p = 1`` for a token at the unifor
   https://arxiv.org/abs/2403.15388; at least 1);
 * ``entropy`` (no parameter): the perplexity ``exp(H(p))`` of the attention, the number of
   tokens it effectively spreads over. Flatter attention (a scene with many things in it)
-  gets more tokens, peaked attention (one salient object) fewer.
+  gets more tokens, peaked attention (one salient object) fewer;
+* ``policy`` (no parameter; a weights file instead): the keep ratio a learned
+  :class:`LevelPolicy` picks for the sample from :func:`budget_features` of its scores (trained
+  by reward in :mod:`tokenreduce.train.budget_policy`). The batch still keeps the uniform
+  total: the chosen ratios are the weights it is shared by.
 
 Calibration (:func:`allocate`): the batch of ``B`` samples keeps ``B * k`` tokens in all;
 sample ``b`` gets the share ``w_b / sum(w)`` of them, bounded to ``[1, n_b]`` (a share above
@@ -30,9 +34,12 @@ the counts depend on which samples share a batch (documented, like the batch siz
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -41,7 +48,7 @@ from .context import TokenContext
 from .reduction import Reduction
 
 #: the rules an adaptive budget may take, and the default of each rule's parameter
-RULES: dict[str, float | None] = {"threshold": 1.0, "iqr": 1.5, "entropy": None}
+RULES: dict[str, float | None] = {"threshold": 1.0, "iqr": 1.5, "entropy": None, "policy": None}
 #: what each rule's parameter means, for errors and docs
 RULE_PARAMETER = {"threshold": "the threshold t on n * p", "iqr": "the IQR multiplier k"}
 
@@ -49,19 +56,25 @@ RULE_PARAMETER = {"threshold": "the threshold t on n * p", "iqr": "the IQR multi
 @dataclass(frozen=True)
 class AdaptiveRule:
     """How a batch's samples share its tokens: ``rule`` (one of :data:`RULES`) and its
-    parameter ``k`` (None: the rule's default). Raises ``ValueError`` for an unknown rule, a
-    parameter for ``entropy``, or a negative parameter."""
+    parameter ``k`` (None: the rule's default); ``policy`` is the weights file of the rule
+    ``policy`` (:meth:`LevelPolicy.save`). Raises ``ValueError`` for an unknown rule, a
+    parameter for ``entropy`` or ``policy``, a negative parameter, or a policy file given to
+    another rule or missing for ``policy``."""
 
     rule: str
     k: float | None = None
+    policy: str | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(
                 f"unknown adaptive rule {self.rule!r}; allowed: {', '.join(map(repr, RULES))}"
             )
-        if self.k is not None and self.rule == "entropy":
-            raise ValueError("the adaptive rule 'entropy' takes no parameter; got k="
+        if (self.policy is not None) != (self.rule == "policy"):
+            raise ValueError(f"a policy weights file goes with the adaptive rule 'policy' and "
+                             f"only with it; got rule={self.rule!r}, policy={self.policy!r}")  # fmt: skip
+        if self.k is not None and self.rule in ("entropy", "policy"):
+            raise ValueError(f"the adaptive rule {self.rule!r} takes no parameter; got k="
                              f"{self.k!r} (k is {RULE_PARAMETER['threshold']} or "
                              f"{RULE_PARAMETER['iqr']})")  # fmt: skip
         if self.k is not None and not self.k >= 0:
@@ -74,9 +87,10 @@ class AdaptiveRule:
 
     def estimate(self, scores: Tensor) -> float:
         """The difficulty weight of one sample from its (n,) non-negative token scores."""
-        p = scores.double().clamp_min(0)
-        total = p.sum()
-        p = p / total if total > 0 else torch.full_like(p, 1.0 / p.numel())
+        if self.rule == "policy":
+            policy = LevelPolicy.load(self.policy)
+            return policy.levels[int(policy.choose(budget_features(scores)[None])[0])]
+        p = shares(scores)
         if self.rule == "entropy":
             entropy = -(p * p.clamp_min(1e-300).log()).sum()
             return float(entropy.exp())
@@ -93,6 +107,99 @@ class AdaptiveRule:
         uniform count per sample; the counts sum to ``B * keep`` (:func:`allocate`)."""
         weights = [self.estimate(s[r]) for s, r in zip(scores, reducible, strict=True)]
         return allocate(weights, keep * len(weights), 1, [int(r.sum()) for r in reducible])
+
+
+def shares(scores: Tensor) -> Tensor:
+    """(n,) non-negative scores as float64 shares summing to 1 (uniform when all are 0)."""
+    p = scores.double().clamp_min(0)
+    total = p.sum()
+    return p / total if total > 0 else torch.full_like(p, 1.0 / p.numel())
+
+
+#: what :func:`budget_features` returns, in order
+BUDGET_FEATURES = ("entropy", "peak", "standing_out", "outliers")
+
+
+def budget_features(scores: Tensor) -> Tensor:
+    """Four cheap difficulty features of one sample from its (n,) token scores, each in [0, 1]
+    whatever n (float32, shape (4,), in the order of :data:`BUDGET_FEATURES`): the entropy of
+    the shares over log n, log(n * the largest share) over log n, and the fractions of tokens
+    the rules ``threshold`` and ``iqr`` (default parameters) count. Raises ``ValueError`` for
+    fewer than 2 tokens (no spread to read)."""
+    if scores.dim() != 1 or scores.numel() < 2:
+        raise ValueError(f"budget_features reads a (n,) score vector with n >= 2; got shape "
+                         f"{tuple(scores.shape)}")  # fmt: skip
+    n, p = scores.numel(), shares(scores)
+    log_n = math.log(n)
+    entropy = float(-(p * p.clamp_min(1e-300).log()).sum()) / log_n
+    peak = math.log(n * float(p.max())) / log_n
+    counts = [AdaptiveRule(rule).estimate(scores) / n for rule in ("threshold", "iqr")]
+    return torch.tensor([entropy, peak, *counts], dtype=torch.float32).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class LevelPolicy:
+    """A budget policy: a linear value per keep-ratio level over :func:`budget_features`.
+
+    ``levels`` (L,) keep ratios in (0, 1], increasing; ``weights`` (L, F + 1): each level's
+    value is ``weights[l] @ [features, 1]`` (an estimate of the reward of choosing it);
+    ``price`` (>= 0, reward per unit of keep ratio) is subtracted per level at the choice, so
+    that one number moves the mean budget (:func:`~tokenreduce.train.budget_policy.calibrate`).
+    """
+
+    levels: tuple[float, ...]
+    weights: Tensor
+    price: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.levels or list(self.levels) != sorted(set(self.levels)) or not all(
+            0 < x <= 1 for x in self.levels
+        ):
+            raise ValueError(f"levels must be distinct increasing keep ratios in (0, 1]; got "
+                             f"{self.levels!r}")  # fmt: skip
+        want = (len(self.levels), len(BUDGET_FEATURES) + 1)
+        if tuple(self.weights.shape) != want:
+            raise ValueError(f"weights must have shape {want} (levels x features + bias); got "
+                             f"{tuple(self.weights.shape)}")  # fmt: skip
+        if not self.price >= 0:
+            raise ValueError(f"price must be >= 0; got {self.price!r}")
+
+    def values(self, features: Tensor) -> Tensor:
+        """(B, L) estimated reward of each level for (B, F) features."""
+        x = torch.cat([features.float(), features.new_ones(features.shape[0], 1)], dim=1)
+        return x @ self.weights.float().T
+
+    def choose(self, features: Tensor) -> Tensor:
+        """(B,) index of the level each of (B, F) features gets (ties to the lower level)."""
+        levels = torch.tensor(self.levels, dtype=torch.float32)
+        return (self.values(features) - self.price * levels).argmax(dim=1)
+
+    def save(self, path: str | Path) -> None:
+        """Write the policy as JSON (levels, feature names, weights, price)."""
+        data = {"levels": list(self.levels), "features": list(BUDGET_FEATURES),
+                "weights": self.weights.tolist(), "price": self.price}  # fmt: skip
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+    @staticmethod
+    def load(path: str | Path) -> LevelPolicy:
+        """Read :meth:`save`'s file (cached per path and modification time). Raises
+        ``ValueError`` naming the file when it is missing or not a policy of these features."""
+        file = Path(path)
+        if not file.is_file():
+            raise ValueError(f"budget policy file {str(file)!r} does not exist")
+        return _load_policy(str(file.resolve()), file.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_policy(path: str, mtime: int) -> LevelPolicy:
+    try:
+        data = json.loads(Path(path).read_text())
+        if data["features"] != list(BUDGET_FEATURES):
+            raise ValueError(f"features {data['features']} are not {list(BUDGET_FEATURES)}")
+        weights = torch.tensor(data["weights"], dtype=torch.float32)
+        return LevelPolicy(tuple(data["levels"]), weights, float(data["price"]))
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a budget policy file: {err}") from None
 
 
 def allocate(weights: Sequence[float], total: int, low: int, high: Sequence[int]) -> list[int]:

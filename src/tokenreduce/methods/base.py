@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..core.adaptive import RULES, AdaptiveRule, reduce_each
+from ..core.adaptive import RULES, AdaptiveRule, LevelPolicy, reduce_each
 from ..core.budgets import Budget
 from ..core.context import ModelInfo, TokenContext
 from ..core.reduction import Reduction
@@ -318,7 +318,9 @@ class TokenMethod(SequenceMethod):
     ``'iqr'``, ``'entropy'``) by which the samples of a batch share the same total, each a
     count proportional to a difficulty estimate from its class-token attention;
     ``adaptive_k`` is the rule's parameter (``threshold``: t >= 0 on the normalised score,
-    default 1; ``iqr``: the multiplier k >= 0, default 1.5; ``entropy``: none). Specs read
+    default 1; ``iqr``: the multiplier k >= 0, default 1.5; ``entropy``, ``policy``: none);
+    ``adaptive_policy`` is the weights file of the rule ``policy`` (a learned budget policy,
+    :mod:`tokenreduce.train.budget_policy`). Specs read
     ``"visionzip:keep_ratio=0.25,layers=0,adaptive=entropy"``. Sites must take per-sample
     counts (:data:`ADAPTIVE_KINDS`: a vision-language model's handoff); a method whose budget
     is not a keep ratio (ToMe's ``r``, pool's kernel) refuses it.
@@ -330,6 +332,9 @@ class TokenMethod(SequenceMethod):
                                  optional_in_spec=True)  # fmt: skip
     adaptive_k: float | None = param(None, type=float, optional=True, ge=0,
                                      optional_in_spec=True)  # fmt: skip
+    adaptive_policy: str | None = param(None, type=str, optional=True, optional_in_spec=True,
+                                        valid=lambda v: isinstance(v, str),
+                                        allowed="a budget policy file (JSON)")  # fmt: skip
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -344,6 +349,8 @@ class TokenMethod(SequenceMethod):
         if self.adaptive is None:
             check(self.name, "adaptive_k", self.adaptive_k, self.adaptive_k is None,
                   "None unless adaptive names a rule")  # fmt: skip
+            check(self.name, "adaptive_policy", self.adaptive_policy,
+                  self.adaptive_policy is None, "None unless adaptive is 'policy'")  # fmt: skip
             return
         if self.budget_param != "keep_ratio":
             takers = [n for n in available()
@@ -355,15 +362,20 @@ class TokenMethod(SequenceMethod):
                 f"{', '.join(takers)}"
             )
         try:
-            AdaptiveRule(self.adaptive, self.adaptive_k)
+            rule = self.adaptive_rule
+            if rule.policy is not None:
+                LevelPolicy.load(rule.policy)  # a missing or broken file fails here, not mid-run
         except ValueError as err:
-            raise InvalidParameter(f"{self.name}: adaptive_k={self.adaptive_k!r} is invalid: "
+            name = "adaptive_policy" if self.adaptive == "policy" else "adaptive_k"
+            raise InvalidParameter(f"{self.name}: {name}={getattr(self, name)!r} is invalid: "
                                    f"{err}") from None  # fmt: skip
 
     @property
     def adaptive_rule(self) -> AdaptiveRule | None:
         """The rule by which the samples of a batch share its tokens; None when uniform."""
-        return None if self.adaptive is None else AdaptiveRule(self.adaptive, self.adaptive_k)
+        if self.adaptive is None:
+            return None
+        return AdaptiveRule(self.adaptive, self.adaptive_k, self.adaptive_policy)
 
     def check_model(self, model: ModelInfo) -> None:
         super().check_model(model)
