@@ -42,7 +42,9 @@ def test_bandit_learns_the_deciding_feature():
 def test_chosen_levels_are_allowed():
     features, outcomes, _ = synthetic_bandit(300)
     levels = (0.3, 0.6, 0.9)
-    policy = train_bandit(features, outcomes[:, :3], n_target=0.6, alpha=0.2, steps=50, levels=levels)
+    policy = train_bandit(
+        features, outcomes[:, :3], n_target=0.6, alpha=0.2, steps=50, levels=levels
+    )
     chosen = policy.choose(features)
     assert set(chosen.tolist()) <= {0, 1, 2}
     assert AdaptiveRule("entropy")  # the rule vocabulary still holds its old rules
@@ -110,16 +112,30 @@ def test_policy_spec_builds_and_checks_its_file(tmp_path):
     [
         (lambda: reward(torch.ones(2), torch.ones(2), 0.5, -1.0), "alpha .* must be >= 0"),
         (lambda: reward(torch.ones(2), torch.ones(3), 0.5, 1.0), "must have one shape"),
-        (lambda: train_bandit(torch.rand(4, 2), torch.ones(4, 4), n_target=0.5, alpha=1, steps=1),
-         "features must be"),
-        (lambda: train_bandit(torch.rand(4, 4), torch.ones(4, 3), n_target=0.5, alpha=1, steps=1),
-         "outcomes must be"),
-        (lambda: train_bandit(torch.rand(4, 4), torch.ones(4, 4), n_target=0.5, alpha=1, steps=1,
-                              epsilon=2.0), "epsilon"),
+        (
+            lambda: train_bandit(
+                torch.rand(4, 2), torch.ones(4, 4), n_target=0.5, alpha=1, steps=1
+            ),
+            "features must be",
+        ),
+        (
+            lambda: train_bandit(
+                torch.rand(4, 4), torch.ones(4, 3), n_target=0.5, alpha=1, steps=1
+            ),
+            "outcomes must be",
+        ),
+        (
+            lambda: train_bandit(
+                torch.rand(4, 4), torch.ones(4, 4), n_target=0.5, alpha=1, steps=1, epsilon=2.0
+            ),
+            "epsilon",
+        ),
         (lambda: LevelPolicy((0.5, 0.25), torch.zeros(2, 5)), "increasing keep ratios"),
         (lambda: LevelPolicy((0.25, 0.5), torch.zeros(3, 5)), "must have shape"),
-        (lambda: calibrate(LevelPolicy(LEVELS, torch.zeros(4, 5)), torch.rand(3, 4), 0.1),
-         "target keep ratio"),
+        (
+            lambda: calibrate(LevelPolicy(LEVELS, torch.zeros(4, 5)), torch.rand(3, 4), 0.1),
+            "target keep ratio",
+        ),
         (lambda: budget_features(torch.ones(1)), "n >= 2"),
         (lambda: AdaptiveRule("policy"), "policy weights file"),
         (lambda: AdaptiveRule("entropy", policy="p.json"), "policy weights file"),

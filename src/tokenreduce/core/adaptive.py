@@ -152,8 +152,10 @@ class LevelPolicy:
     price: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.levels or list(self.levels) != sorted(set(self.levels)) or not all(
-            0 < x <= 1 for x in self.levels
+        if (
+            not self.levels
+            or list(self.levels) != sorted(set(self.levels))
+            or not all(0 < x <= 1 for x in self.levels)
         ):
             raise ValueError(f"levels must be distinct increasing keep ratios in (0, 1]; got "
                              f"{self.levels!r}")  # fmt: skip

@@ -42,9 +42,13 @@ def reward(correct: Tensor, n: Tensor, n_target: float, alpha: float) -> Tensor:
     (B,) float32. Raises ``ValueError`` for a negative ``alpha`` or mismatched shapes.
     """
     if not alpha >= 0:
-        raise ValueError(f"alpha (reward per unit of budget off target) must be >= 0; got {alpha!r}")
+        raise ValueError(
+            f"alpha (reward per unit of budget off target) must be >= 0; got {alpha!r}"
+        )
     if correct.shape != n.shape:
-        raise ValueError(f"correct {tuple(correct.shape)} and n {tuple(n.shape)} must have one shape")
+        raise ValueError(
+            f"correct {tuple(correct.shape)} and n {tuple(n.shape)} must have one shape"
+        )
     return correct.float() - alpha * (n.float() - n_target).abs()
 
 
@@ -261,7 +265,10 @@ def experiment(out: Path, *, train_size: int, test_size: int, layer: int, alpha:
                            ("policy (weights)", AdaptiveRule("policy", policy=str(out / f"policy-{target:.0%}.json")))):  # fmt: skip
             counts = rule_counts(rule, scores["test"], keep, batch_size)
             right = correct_at_counts(model, *data["test"], layer, counts)
-            rows[name] = {"accuracy": float(right.float().mean()), "mean_tokens": float(counts.float().mean())}
+            rows[name] = {
+                "accuracy": float(right.float().mean()),
+                "mean_tokens": float(counts.float().mean()),
+            }
         results["rows"].append({"target_keep_ratio": target, "tokens": n, **rows})
     results["levels_test_accuracy"] = [float(x) for x in outcomes["test"].float().mean(dim=0)]
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -277,7 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--layer", type=int, default=3, help="the block topk prunes at")
-    parser.add_argument("--alpha", type=float, default=0.5, help="reward per unit keep ratio off target")
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="reward per unit keep ratio off target"
+    )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--batch-size", type=int, default=64, help="batch of the adaptive rules")
