@@ -56,6 +56,17 @@ def _fmnist_vit(file: str | None = None) -> Any:
     return fmnist_vit.load(file)
 
 
+@register(
+    "fmnist-vit-tome",
+    "fmnist-vit fine-tuned with ToMe r=16 in the loop; run it patched with 'tome:r=16' "
+    "(checkpoints/fmnist-vit-tome.md); bundled",
+)
+def _fmnist_vit_tome(file: str | None = None) -> Any:
+    from . import fmnist_vit
+
+    return fmnist_vit.load(file or fmnist_vit.CHECKPOINT.with_name("fmnist-vit-tome.safetensors"))
+
+
 from . import dinov2 as _dinov2  # noqa: E402,F401  (registers "dinov2-small")
 from . import dit_fmnist as _dit_fmnist  # noqa: E402,F401  (registers "dit-fmnist")
 from . import llava_shapes as _llava_shapes  # noqa: E402,F401  (registers "llava-shapes")
