@@ -59,6 +59,8 @@ def test_a_budget_keeps_its_share_of_tokens_at_each_familys_placement(tiny_ckpt,
     depth = tokenreduce.describe(vit.model, type(moved)).num_layers
     assert moved.layers == type(moved).placement(depth)["layers"]
     assert tokens_left(moved) == pytest.approx(0.5, abs=2e-3)  # per-step ratio rounded
+    seeded = methods.build(placed(RANDOM.replace("(0,)", "(0,),seed=3"), vit.model, vit.kind))
+    assert seeded.seed == 3 and seeded.layers == moved.layers  # its other parameters kept
     twin = methods.build(placed(RANDOM, lm.model, lm.kind))
     assert type(twin).name == "kv_random" and twin.compression_ratio == pytest.approx(0.5)
     with pytest.raises(ValueError, match="LlamaForCausalLM does not take"):

@@ -88,11 +88,12 @@ def tokens_left(method: methods.Method) -> float:
     return float(method.keep_ratio) ** stages(method)
 
 
-def at_share(cls: type[methods.Method], share: float, place: dict[str, Any]) -> methods.Method:
-    """Keep-ratio method ``cls`` placed by ``place`` that leaves ``share`` of the tokens:
-    each of its stages keeps ``share ** (1 / stages)`` (:func:`matched_keep_ratio`)."""
+def at_share(method: methods.Method, share: float, place: dict[str, Any]) -> methods.Method:
+    """Keep-ratio ``method`` (its other parameters kept) placed by ``place``, leaving
+    ``share`` of the tokens: each stage keeps ``share ** (1 / stages)``
+    (:func:`matched_keep_ratio`)."""
     steps = len(place.get("layers", ())) or 1
-    return cls(keep_ratio=matched_keep_ratio(1.0 - share, steps), **place)
+    return replace(method, keep_ratio=matched_keep_ratio(1.0 - share, steps), **place)
 
 
 def placed(config: str, model: nn.Module, kind: str) -> str:
@@ -115,7 +116,7 @@ def placed(config: str, model: nn.Module, kind: str) -> str:
             except ValueError:  # the family refuses the method: patching below says why
                 depth = 0
             if depth:
-                spec = methods.describe(at_share(cls, share, cls.placement(depth)))
+                spec = methods.describe(at_share(method, share, cls.placement(depth)))
     tokenreduce.patch(model, spec).remove()  # raises the refusal
     return spec
 
@@ -201,7 +202,7 @@ class Transfer(Task):
                 return []
             shares = KEEP_SHARES[-1:] if quick else KEEP_SHARES
             made = methods.get(name)
-            return [methods.describe(at_share(made, s, made.placement(depth))) for s in shares]
+            return [methods.describe(at_share(made(), s, made.placement(depth))) for s in shares]
 
         return sweep
 
