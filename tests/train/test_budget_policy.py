@@ -80,6 +80,15 @@ def test_calibration_lands_the_mean_budget(target):
     assert priced.price > 0
 
 
+def test_calibration_subsidises_a_policy_that_spends_too_little():
+    features, outcomes, _ = synthetic_bandit(1000)
+    policy = train_bandit(features, outcomes, n_target=0.25, alpha=2.0, steps=300)
+    assert mean_level(policy, features) < 0.4  # off target is dear: it stays low
+    priced = calibrate(policy, features, 0.6)
+    assert priced.price < 0
+    assert 0.5 < mean_level(priced, features) <= 0.6
+
+
 def test_policy_rule_reads_its_file(tmp_path):
     weights = torch.zeros(len(LEVELS), len(BUDGET_FEATURES) + 1)
     weights[-1, 0] = 1.0  # the top level's value grows with the attention's entropy

@@ -143,7 +143,8 @@ class LevelPolicy:
 
     ``levels`` (L,) keep ratios in (0, 1], increasing; ``weights`` (L, F + 1): each level's
     value is ``weights[l] @ [features, 1]`` (an estimate of the reward of choosing it);
-    ``price`` (>= 0, reward per unit of keep ratio) is subtracted per level at the choice, so
+    ``price`` (reward per unit of keep ratio; negative: a subsidy) is subtracted per level at
+    the choice, so
     that one number moves the mean budget (:func:`~tokenreduce.train.budget_policy.calibrate`).
     """
 
@@ -163,8 +164,8 @@ class LevelPolicy:
         if tuple(self.weights.shape) != want:
             raise ValueError(f"weights must have shape {want} (levels x features + bias); got "
                              f"{tuple(self.weights.shape)}")  # fmt: skip
-        if not self.price >= 0:
-            raise ValueError(f"price must be >= 0; got {self.price!r}")
+        if not math.isfinite(self.price):
+            raise ValueError(f"price must be a finite number; got {self.price!r}")
 
     def values(self, features: Tensor) -> Tensor:
         """(B, L) estimated reward of each level for (B, F) features."""

@@ -134,19 +134,20 @@ def mean_level(policy: LevelPolicy, features: Tensor) -> float:
 
 def calibrate(policy: LevelPolicy, features: Tensor, target: float) -> LevelPolicy:
     """``policy`` with the lowest price at which its mean keep ratio over (S, F) ``features``
-    is at most ``target`` (bisection; a higher price never picks higher levels). The mean lands
-    just under the target when the levels cannot hit it exactly, and stays below it at price 0
-    when the unpriced policy already spends less. Raises ``ValueError`` for a target below the
+    is at most ``target`` (bisection; a higher price never picks higher levels, and a negative
+    price, a subsidy, raises a policy that spends too little). The mean lands just under the
+    target when the levels cannot hit it exactly. Raises ``ValueError`` for a target below the
     lowest level or above 1."""
     if not policy.levels[0] <= target <= 1:
-        raise ValueError(f"target keep ratio must be in [{policy.levels[0]}, 1] (the lowest level "
-                         f"to all); got {target!r}")  # fmt: skip
-    unpriced = LevelPolicy(policy.levels, policy.weights)
-    if mean_level(unpriced, features) <= target:
-        return unpriced
-    values = unpriced.values(features)
+        raise ValueError(
+            f"target keep ratio must be in [{policy.levels[0]}, 1] (the lowest level "
+            f"to all); got {target!r}"
+        )
+    values = LevelPolicy(policy.levels, policy.weights).values(features)
     gap = min((b - a for a, b in zip(policy.levels, policy.levels[1:], strict=False)), default=1.0)
-    low, high = 0.0, float(values.max() - values.min()) / gap + 1.0
+    # beyond +-bound every input picks the lowest (highest) level whatever its values
+    bound = float(values.max() - values.min()) / gap + 1.0
+    low, high = -bound, bound
     for _ in range(60):
         mid = (low + high) / 2
         fits = mean_level(LevelPolicy(policy.levels, policy.weights, mid), features) <= target
