@@ -602,17 +602,9 @@ def _evaluate(args: Any, command: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``train`` or ``eval`` (see ``--help``)."""
-    import shlex
-    import sys
+    from .commands import parse
 
-    import torch
-
-    args = _parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "python -m tokenreduce.assets dit-fmnist " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    args, command = parse(_parser(), "dit-fmnist", argv)
     if args.command == "eval":
         return _evaluate(args, command)
     opts = TrainOptions(

@@ -717,17 +717,9 @@ def _evaluate_and_card(
 
 def main(argv: list[str] | None = None) -> None:
     """``train`` or ``evaluate`` (see ``--help``)."""
-    import shlex
-    import sys
+    from .commands import parse
 
-    import torch
-
-    args = _parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "python -m tokenreduce.assets llava-shapes " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    args, command = parse(_parser(), "llava-shapes", argv)
     train_data, test_data = _splits(args)
     if args.command == "evaluate":
         folder = find_checkpoint(args.checkpoint).parent
