@@ -12,7 +12,7 @@ from benchutil import TINY_ARCH, fast_args, tiny_vit
 from typer.testing import CliRunner
 
 from tokenreduce import methods
-from tokenreduce.bench.configs import token_methods
+from tokenreduce.bench.configs import default_methods
 from tokenreduce.cli import app
 
 runner = CliRunner()
@@ -57,7 +57,7 @@ def test_quick_bench_end_to_end(tmp_path, tiny_ckpt, idx_dir):
     configs = [c for _, _, c in stored]
     assert configs[0] == "baseline"
     # one budget per vision method, each measured once
-    assert sorted(c.partition(":")[0] for c in configs[1:]) == sorted(token_methods())
+    assert sorted(c.partition(":")[0] for c in configs[1:]) == sorted(default_methods("tokens", "vision"))
     con = sqlite3.connect(db)
     metrics = [json.loads(m) for (m,) in con.execute("SELECT metrics FROM results ORDER BY id")]
     runs = con.execute("SELECT status, threads, torch_version, cpu FROM runs").fetchall()

@@ -11,7 +11,7 @@ from benchutil import stored_rows, write_tiny_dinov2
 from typer.testing import CliRunner
 
 from tokenreduce.bench import matched, report, runner
-from tokenreduce.bench.configs import BASELINE, resolve, token_methods
+from tokenreduce.bench.configs import BASELINE, default_methods, resolve
 from tokenreduce.bench.models import load
 from tokenreduce.bench.store import Store
 from tokenreduce.bench.tasks import Options, get
@@ -112,7 +112,7 @@ def test_quick_cli_end_to_end(tmp_path, dinov2_dir):
     assert {t for t, _, _ in rows} == {"fidelity"}  # the default task of a backbone
     assert rows[0][1] == BASELINE
     # one budget per vision method, each the 50 % matched one (pooling: its 2x2 cells)
-    assert sorted(c.partition(":")[0] for _, c, _ in rows[1:]) == sorted(token_methods())
+    assert sorted(c.partition(":")[0] for _, c, _ in rows[1:]) == sorted(default_methods("tokens", "vision"))
     assert all(m["flop_ratio"] > 1 and m["cls_cos"] < 1 for _, _, m in rows[1:])
     assert "fastest with class-token cosine" in result.output
     html = out.read_text()

@@ -45,11 +45,18 @@ def default_methods(
     """The methods a sweep of ``kind`` (one method kind or several) runs when none are named:
     :data:`DEFAULT_METHODS` for those kinds, else every registered method of them. Methods
     that act on image tokens only (``needs_images``: ``vtw``, ``sparsevlm``) are left out
-    unless the model is a vision-language one (``model_kind`` ``"vlm"``, or None: any)."""
+    unless the model is a vision-language one (``model_kind`` ``"vlm"``, or None: any), and so
+    are methods that need weights trained for the model (``dynamicvit``: not
+    ``Method.in_default_sweep``)."""
     kinds = frozenset((kind,) if isinstance(kind, str) else kind)
     names = DEFAULT_METHODS.get(kinds, token_methods(tuple(kinds)))
     images = model_kind in (None, "vlm")
-    return [n for n in names if images or not getattr(methods.get(n), "needs_images", False)]
+    return [
+        n
+        for n in names
+        if methods.get(n).in_default_sweep
+        and (images or not getattr(methods.get(n), "needs_images", False))
+    ]
 
 
 def token_methods(kind: str | tuple[str, ...] = "tokens") -> list[str]:

@@ -214,6 +214,9 @@ class Method:
     #: parameters sized for the tests' tiny models (a few blocks, prompts of a few dozen
     #: tokens), merged into every instance the shared invariant suites build
     test_params: ClassVar[dict[str, Any]] = {}
+    #: whether a benchmark sweep runs the method when none is named; False for a method that
+    #: needs weights trained for the model (it is run by naming them in a spec)
+    in_default_sweep: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_params(self)

@@ -139,6 +139,8 @@ class DynamicViT(KeepRatioMethod):
     name = "dynamicvit"
     paper = "Rao et al., NeurIPS 2021 (arXiv:2106.02034)"
     test_params: ClassVar[dict[str, Any]] = {"keep_ratio": 0.5, "layers": (1, 2), "untrained": True}
+    #: its predictor is trained for one model: sweeps run it only when a spec names weights
+    in_default_sweep: ClassVar[bool] = False
     weights: str | None = param(None, type=str, optional=True, valid=lambda v: isinstance(v, str),
                                 allowed="a safetensors file or a bundled name")  # fmt: skip
     untrained: bool = param(False)
