@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import register
+from .training import run_steps
 
 IMAGE_SIZE = 28
 PATCH_SIZE = 2
@@ -397,7 +398,6 @@ def train(opts: TrainOptions, log: Any = print) -> dict[str, Any]:
     ``opts.out``; ``log`` gets a progress line every ``opts.log_every`` steps. Returns
     ``{"step", "train_seconds", "seconds_per_step"}`` (seconds of this session)."""
     import copy
-    import time
 
     import torch
 
@@ -409,22 +409,13 @@ def train(opts: TrainOptions, log: Any = print) -> dict[str, Any]:
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.0)
     step, seconds = _resume(model, ema, optimizer, opts)
-    start_step, losses, session = step, [], 0.0
-    while step < opts.steps:  # eval mode: DiT has no dropout; class dropping is ours, seeded
-        began = time.perf_counter()
-        losses.append(_train_step(model, ema, optimizer, data, opts, step))
-        session += time.perf_counter() - began
-        step += 1
-        if step % opts.log_every == 0 or step == opts.steps:
-            log(
-                f"step {step}/{opts.steps}  loss {sum(losses) / len(losses):.4f}  "
-                f"{session / (step - start_step):.2f} s/step"
-            )
-            losses.clear()
-        if step % opts.save_every == 0 or step == opts.steps:
-            _save_checkpoint(model, ema, optimizer, opts, step, seconds + session)
-    per_step = session / (step - start_step) if step > start_step else None
-    return {"step": step, "train_seconds": seconds + session, "seconds_per_step": per_step}
+    # eval mode: DiT has no dropout; class dropping is ours, seeded
+    return run_steps(
+        step, opts.steps, seconds,
+        lambda i: _train_step(model, ema, optimizer, data, opts, i),
+        lambda i, secs: _save_checkpoint(model, ema, optimizer, opts, i, secs),
+        log_every=opts.log_every, save_every=opts.save_every, log=log,
+    )  # fmt: skip
 
 
 # --- evaluation ----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any
 
 from . import register
 from .cache import cache_dir
+from .training import run_steps
 
 IMAGE_SIZE = 112
 PATCH_SIZE = 14
@@ -503,7 +504,6 @@ def train(
     (:class:`~tokenreduce.data.vqa.VQASplit`, mixed in equal parts) up to ``opts.steps``,
     resuming from ``opts.out``; ``log`` gets a progress line every ``opts.log_every`` steps.
     Returns ``{"step", "train_seconds", "seconds_per_step"}`` (seconds of this session)."""
-    import time
 
     import torch
 
@@ -511,24 +511,15 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.0)
     step, seconds = _resume(model, optimizer, opts, key)
-    start_step, cache, losses, session = step, FeatureCache(model), [], 0.0
+    cache = FeatureCache(model)
     model.eval()  # no dropout anywhere; eval mode keeps the forward deterministic
-    while step < opts.steps:
-        began = time.perf_counter()
-        losses.append(_train_step(model, processor, cache, optimizer, data, opts, step))
-        session += time.perf_counter() - began
-        step += 1
-        if step % opts.log_every == 0 or step == opts.steps:
-            log(
-                f"step {step}/{opts.steps}  loss {sum(losses) / len(losses):.4f}  "
-                f"lr {learning_rate(step - 1, opts.steps, opts.lr, opts.warmup):.2e}  "
-                f"{session / (step - start_step):.2f} s/step"
-            )
-            losses.clear()
-        if step % opts.save_every == 0 or step == opts.steps:
-            _save_checkpoint(model, optimizer, opts, key, step, seconds + session)
-    per_step = session / (step - start_step) if step > start_step else None
-    return {"step": step, "train_seconds": seconds + session, "seconds_per_step": per_step}
+    return run_steps(
+        step, opts.steps, seconds,
+        lambda i: _train_step(model, processor, cache, optimizer, data, opts, i),
+        lambda i, secs: _save_checkpoint(model, optimizer, opts, key, i, secs),
+        log_every=opts.log_every, save_every=opts.save_every, log=log,
+        note=lambda i: f"lr {learning_rate(i - 1, opts.steps, opts.lr, opts.warmup):.2e}  ",
+    )  # fmt: skip
 
 
 # --- evaluation and model card -------------------------------------------------------------
